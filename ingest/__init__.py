@@ -1,0 +1,1 @@
+"""The receiver: `orderflow serve`, an aiohttp app that authenticates, validates and hands off."""

@@ -1,0 +1,51 @@
+"""The receiver application: `ingest.app:create_app`."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import redis.asyncio as aioredis
+from aiohttp import web
+
+from ingest.auth import KeyCache
+from ingest.handoff import HandoffCoalescer
+from ingest.keys import CACHE, HANDOFF, POOL, QUEUE, REDIS, SETTINGS
+from ingest.routes import routes
+from shared.db import create_pool
+from shared.queue import IngestQueue
+from shared.settings import Settings
+
+
+async def _resources(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    redis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2,
+                                    health_check_interval=10)
+    # The receiver must start (and answer 503) while PostgreSQL is down: the pool connects lazily.
+    pool = await create_pool(settings.database_url, min_size=0, max_size=8)
+    queue = IngestQueue(redis, settings.redis_prefix)
+    handoff = HandoffCoalescer(queue, per_key=settings.rate_per_key, per_address=settings.rate_per_address)
+    app[REDIS], app[POOL], app[QUEUE], app[HANDOFF] = redis, pool, queue, handoff
+    app[CACHE] = KeyCache(pool, settings.key_pepper, settings.key_cache_ttl_s)
+    yield
+    await handoff.close()
+    await pool.close()
+    await redis.aclose()
+
+
+def create_app(settings: Settings | None = None) -> web.Application:
+    """The aiohttp app; resources open in cleanup_ctx, never at import."""
+    settings = settings or Settings.from_env()
+    app = web.Application(client_max_size=settings.max_body_bytes)
+    app[SETTINGS] = settings
+    app.cleanup_ctx.append(_resources)
+    app.add_routes(routes)
+    return app
+
+
+def run(settings: Settings) -> None:
+    """Serve until SIGINT/SIGTERM; in-flight requests get time to finish."""
+    from shared.logging import configure_logging
+
+    configure_logging(settings.log_level, settings.log_format)
+    web.run_app(create_app(settings), host=settings.host, port=settings.port,
+                access_log=None, shutdown_timeout=30, print=None)

@@ -1,0 +1,85 @@
+"""Access-key checks against a short-lived cache, so a revocation bites within seconds."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import asyncpg
+
+from shared.access import hash_key, key_id_of, key_matches
+from shared.db import QUERIES
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """An authenticated key: who it belongs to and what it may do."""
+
+    key_id: str
+    entity_id: str
+    rights: frozenset[str]
+    source_ids: frozenset[str] | None
+    timezone: str
+
+
+@dataclass(frozen=True, slots=True)
+class _KeyRecord:
+    key_id: str
+    entity_id: str
+    key_hash: bytes
+    rights: frozenset[str]
+    source_ids: frozenset[str] | None
+    timezone: str
+    revoked: bool
+
+
+class Unauthorized(Exception):
+    """Unknown entity or wrong key: one answer for both."""
+
+
+class KeyCache:
+    """key_id -> record, re-read from PostgreSQL after `ttl_s` (negative answers too)."""
+
+    def __init__(self, pool: asyncpg.Pool, pepper: str, ttl_s: float) -> None:
+        self.pool = pool
+        self.pepper = pepper
+        self.ttl_s = ttl_s
+        self._entries: dict[str, tuple[float, _KeyRecord | None]] = {}
+        # compared against when the key id is unknown, so timing does not tell
+        self._dummy = hash_key(pepper, "ak_key_000000000000_dummy")
+
+    async def _record(self, key_id: str) -> _KeyRecord | None:
+        now = time.monotonic()
+        hit = self._entries.get(key_id)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        row = await self.pool.fetchrow(QUERIES["key_lookup"], key_id)
+        record = None
+        if row is not None:
+            record = _KeyRecord(
+                row["key_id"], row["entity_id"], bytes(row["key_hash"]), frozenset(row["rights"]),
+                frozenset(row["source_ids"]) if row["source_ids"] is not None else None,
+                row["timezone"], row["revoked_at"] is not None)
+        if len(self._entries) > 100_000:
+            self._entries.clear()
+        self._entries[key_id] = (now + self.ttl_s, record)
+        return record
+
+    async def authenticate(self, access_key: str | None, entity_id: str | None) -> Caller:
+        """The caller for a key and entity, or Unauthorized; constant-time on the secret."""
+        if not access_key or not entity_id:
+            raise Unauthorized
+        key_id = key_id_of(access_key)
+        record = await self._record(key_id) if key_id else None
+        expected = record.key_hash if record is not None else self._dummy
+        ok = key_matches(self.pepper, access_key, expected)
+        if not ok or record is None or record.revoked or record.entity_id != entity_id:
+            raise Unauthorized
+        return Caller(record.key_id, record.entity_id, record.rights, record.source_ids, record.timezone)
+
+    def forget(self, key_id: str | None = None) -> None:
+        """Drop cached keys (one or all)."""
+        if key_id is None:
+            self._entries.clear()
+        else:
+            self._entries.pop(key_id, None)

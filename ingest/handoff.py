@@ -1,0 +1,66 @@
+"""Coalesce concurrent hand-offs into one Redis round trip per event-loop tick."""
+
+from __future__ import annotations
+
+import asyncio
+
+from shared.queue import IngestQueue
+
+
+class RateLimited(Exception):
+    """The key or the client address is over its rate."""
+
+
+class HandoffCoalescer:
+    """Collects (priority, key, address, envelope) until the loop yields, then one EVALSHA."""
+
+    def __init__(self, queue: IngestQueue, *, per_key: int, per_address: int, max_batch: int = 500) -> None:
+        self.queue = queue
+        self.per_key = per_key
+        self.per_address = per_address
+        self.max_batch = max_batch
+        self._pending: list[tuple[tuple[int, str, str, bytes], asyncio.Future[int]]] = []
+        self._scheduled = False
+        self._inflight: set[asyncio.Task[None]] = set()
+
+    async def submit(self, priority: int, key_id: str, address: str, envelope: bytes) -> int:
+        """The sequence number once Redis confirmed the hand-off; RateLimited or a Redis error otherwise."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[int] = loop.create_future()
+        self._pending.append(((priority, key_id, address, envelope), future))
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._flush)
+        return await future
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        pending, self._pending = self._pending, []
+        for start in range(0, len(pending), self.max_batch):
+            task = asyncio.ensure_future(self._send(pending[start:start + self.max_batch]))
+            self._inflight.add(task)
+            task.add_done_callback(self._inflight.discard)
+
+    async def _send(self, chunk: list[tuple[tuple[int, str, str, bytes], asyncio.Future[int]]]) -> None:
+        try:
+            seqs = await self.queue.enqueue_many(
+                [item for item, _ in chunk], per_key=self.per_key, per_address=self.per_address)
+        except Exception as exc:  # every waiter learns that its hand-off failed
+            for _, future in chunk:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for (_, future), seq in zip(chunk, seqs, strict=True):
+            if future.done():
+                continue
+            if seq < 0:
+                future.set_exception(RateLimited())
+            else:
+                future.set_result(seq)
+
+    async def close(self) -> None:
+        """Wait for hand-offs already sent to Redis."""
+        if self._pending:
+            self._flush()
+        if self._inflight:
+            await asyncio.gather(*self._inflight, return_exceptions=True)

@@ -1,0 +1,186 @@
+"""HTTP handlers of the receiver."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import secrets
+import time
+from importlib import resources
+from typing import Any
+
+import msgspec
+from aiohttp import web
+from redis.exceptions import RedisError
+
+from ingest.auth import Caller, Unauthorized
+from ingest.handoff import RateLimited
+from ingest.keys import CACHE, HANDOFF, POOL, QUEUE, REDIS, SETTINGS
+from ingest.openapi import openapi_document
+from ingest.reads import load_order, load_receipt
+from ingest.responses import failure, problem, success
+from shared.queue import make_envelope, receipt_id
+from shared.rules.order import OrderInvalid, normalize_order, parse_request, unknown_fields
+from shared.schemas import EnqueueAccepted, Header, Problem, json_decoder, json_encoder
+from shared.logging import get_logger
+from shared.zones import zone_named
+
+log = get_logger(__name__)
+routes = web.RouteTableDef()
+_BYTE = re.compile(r"\(byte (\d+)\)")
+_AT = re.compile(r" - at `(\$[^`]*)`$")
+WRITE_RIGHT = "orders:write"
+
+
+async def _read_body(request: web.Request) -> bytes | web.Response:
+    limit = request.app[SETTINGS].max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        return problem(413, "$", f"body is larger than the limit of {limit} bytes")
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        return problem(413, "$", f"body is larger than the limit of {limit} bytes")
+
+
+def _credentials(request: web.Request, body: dict[str, Any] | None) -> tuple[str | None, str | None]:
+    key = request.headers.get("CG-Access-Key")
+    entity = request.headers.get("CG-Entity-ID")
+    if key is None and body is not None:
+        key = body.get("access_key") if isinstance(body.get("access_key"), str) else None
+    if entity is None and body is not None:
+        entity = body.get("entity_id") if isinstance(body.get("entity_id"), str) else None
+    return key, entity
+
+
+async def _authenticate(request: web.Request, body: dict[str, Any] | None) -> Caller | web.Response:
+    key, entity = _credentials(request, body)
+    try:
+        return await request.app[CACHE].authenticate(key, entity)
+    except Unauthorized:
+        return problem(401, "$.access_key", "unknown entity or wrong access key")
+
+
+def _client_address(request: web.Request) -> str:
+    return request.remote or "-"
+
+
+@routes.post("/api/v1/order/enqueue")
+async def enqueue(request: web.Request) -> web.Response:
+    """Authenticate, validate the whole order, hand it to Redis, answer 202 with a receipt."""
+    raw = await _read_body(request)
+    if isinstance(raw, web.Response):
+        return raw
+    try:
+        body = json_decoder.decode(raw)
+    except msgspec.DecodeError as exc:
+        match = _BYTE.search(str(exc))
+        offset = int(match.group(1)) if match else None
+        return problem(400, "$", f"not valid JSON: {exc}", data={"byte_offset": offset})
+    if not isinstance(body, dict):
+        return problem(422, "$", "expected a JSON object")
+    caller = await _authenticate(request, body)
+    if isinstance(caller, web.Response):
+        return caller
+    if WRITE_RIGHT not in caller.rights:
+        return problem(403, "$.access_key", f"this key lacks the right {WRITE_RIGHT!r}")
+    settings = request.app[SETTINGS]
+    try:
+        typed = parse_request(body)
+        order, rule_warnings = normalize_order(typed.payload, zone_named(caller.timezone))
+    except msgspec.ValidationError as exc:
+        text = str(exc)
+        match = _AT.search(text)
+        loc = match.group(1) if match else "$"
+        return problem(422, loc, _AT.sub("", text))
+    except OrderInvalid as exc:
+        return failure(422, exc.errors)
+    if caller.source_ids is not None and order.source_id not in caller.source_ids:
+        return problem(403, "$.payload.source_id",
+                       f"this key may not send orders for source {order.source_id!r}")
+    warnings = unknown_fields(body) + rule_warnings
+    token = secrets.token_hex(6)
+    header = Header(token=token, entity_id=caller.entity_id, key_id=caller.key_id,
+                    can_create_products="products:create" in caller.rights,
+                    timezone=caller.timezone, received_at=time.time(), priority=order.priority,
+                    reference=order.reference, warnings=warnings)
+    # Only the payload goes to Redis: the access key stays out of the queue.
+    envelope = make_envelope(json_encoder.encode(header), json_encoder.encode(body["payload"]))
+    try:
+        seq = await request.app[HANDOFF].submit(order.priority, caller.key_id, _client_address(request), envelope)
+    except RateLimited:
+        return problem(429, "$", "rate limit exceeded; retry after the time in Retry-After",
+                       headers={"Retry-After": "1"})
+    except (RedisError, OSError, asyncio.TimeoutError) as exc:
+        log.error("handoff_failed", error=repr(exc), entity_id=caller.entity_id, reference=order.reference)
+        return problem(503, "$", "the queue is unavailable; nothing was accepted, please retry")
+    rid = receipt_id(seq, token)
+    log.debug("order_accepted", receipt_id=rid, entity_id=caller.entity_id, reference=order.reference)
+    data = EnqueueAccepted(receipt_id=rid, reference=order.reference, entity_id=caller.entity_id,
+                           source_id=order.source_id, status_url=f"/api/v1/order/receipts/{rid}")
+    return success(data, status=202, warnings=warnings)
+
+
+@routes.get("/api/v1/order/receipts/{receipt_id}")
+async def get_receipt(request: web.Request) -> web.Response:
+    """queued, stored, superseded or rejected, with the reason."""
+    caller = await _authenticate(request, None)
+    if isinstance(caller, web.Response):
+        return caller
+    receipt = await load_receipt(request.app[POOL], request.app[QUEUE], request.match_info["receipt_id"], caller.entity_id)
+    if receipt is None:
+        return problem(404, "$.receipt_id", "no such receipt for this entity")
+    return success(receipt)
+
+
+@routes.get("/api/v1/order/{reference}")
+async def get_order(request: web.Request) -> web.Response:
+    """The stored order with its state, release time and versions."""
+    caller = await _authenticate(request, None)
+    if isinstance(caller, web.Response):
+        return caller
+    order = await load_order(request.app[POOL], caller.entity_id, request.match_info["reference"])
+    if order is None:
+        return problem(404, "$.reference", "no such order for this entity")
+    return success(order)
+
+
+@routes.get("/healthz")
+async def healthz(request: web.Request) -> web.Response:
+    """Liveness: the process answers."""
+    return success({"alive": True})
+
+
+@routes.get("/readyz")
+async def readyz(request: web.Request) -> web.Response:
+    """Readiness: Redis and PostgreSQL both reachable."""
+    async def check_redis() -> bool:
+        try:
+            return bool(await asyncio.wait_for(request.app[REDIS].ping(), 1.0))
+        except Exception:
+            return False
+
+    async def check_pg() -> bool:
+        try:
+            return await asyncio.wait_for(request.app[POOL].fetchval("SELECT 1"), 1.0) == 1
+        except Exception:
+            return False
+
+    redis_ok, pg_ok = await asyncio.gather(check_redis(), check_pg())
+    data = {"redis": "up" if redis_ok else "down", "postgresql": "up" if pg_ok else "down"}
+    if redis_ok and pg_ok:
+        return success(data)
+    down = [name for name, ok in (("redis", redis_ok), ("postgresql", pg_ok)) if not ok]
+    return failure(503, [Problem(loc=f"$.{n}", msg=f"{n} is unreachable") for n in down], data=data)
+
+
+@routes.get("/api/openapi.json")
+async def openapi(request: web.Request) -> web.Response:
+    """The OpenAPI document, generated from the msgspec schemas."""
+    return web.Response(body=openapi_document(), content_type="application/json")
+
+
+@routes.get("/api/docs")
+async def docs(request: web.Request) -> web.Response:
+    """A page that renders the OpenAPI document; it loads nothing from the internet."""
+    html = resources.files("ingest").joinpath("static/docs.html").read_text()
+    return web.Response(text=html, content_type="text/html")

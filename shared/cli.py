@@ -1,0 +1,223 @@
+"""`orderflow`: the one command line. Commands that create something print it; --json prints one JSON object."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import click
+
+from shared.settings import Settings, SettingsError
+
+T = TypeVar("T")
+
+
+def _settings(**overrides: Any) -> Settings:
+    try:
+        return Settings.from_env(**{k: v for k, v in overrides.items() if v is not None})
+    except SettingsError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def _run(coro_fn: Callable[[], Awaitable[T]]) -> T:
+    return asyncio.run(coro_fn())  # type: ignore[arg-type]
+
+
+def _emit(as_json: bool, obj: dict[str, Any], human: str) -> None:
+    click.echo(json.dumps(obj, default=str) if as_json else human)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """orderflow: order ingestion for the Clougistic Demand API."""
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def migrate(as_json: bool) -> None:
+    """Create the database if needed and apply missing schema migrations."""
+    from shared.db import connect, ensure_database
+    from shared.db import migrate as run_migrations
+
+    settings = _settings()
+
+    async def go() -> dict[str, Any]:
+        await ensure_database(settings.database_url)
+        conn = await connect(settings.database_url)
+        try:
+            return await run_migrations(conn)
+        finally:
+            await conn.close()
+
+    result = _run(go)
+    applied = ", ".join(result["applied"]) or "nothing to apply"
+    _emit(as_json, result, f"schema at version {result['version']} ({applied})")
+
+
+@main.command()
+@click.option("--host", default=None, help="Address to listen on (ORDERFLOW_HOST, default 127.0.0.1).")
+@click.option("--port", type=int, default=None, help="Port (ORDERFLOW_PORT, default 8080).")
+def serve(host: str | None, port: int | None) -> None:
+    """Run the receiver (aiohttp) until SIGINT/SIGTERM."""
+    from ingest.app import run
+
+    run(_settings(host=host, port=port))
+
+
+@main.command()
+@click.option("--concurrency", type=int, default=2, show_default=True,
+              help="Batches this process stores at the same time.")
+@click.option("--check", is_flag=True, help="Exit 0 when a worker of this deployment is alive (health check).")
+def worker(concurrency: int, check: bool) -> None:
+    """Run one worker process (arq) until SIGINT/SIGTERM."""
+    from worker.main import arq_options, run
+
+    settings = _settings()
+    if check:
+        from arq.worker import async_check_health
+
+        opts = arq_options(settings)
+        code = _run(lambda: async_check_health(opts["redis_settings"], opts["health_check_key"],
+                                               opts["queue_name"]))
+        sys.exit(code)
+    run(settings, concurrency)
+
+
+@main.group()
+def entity() -> None:
+    """Entities: the tenants that own keys and orders."""
+
+
+@entity.command("create")
+@click.argument("name")
+@click.option("--timezone", default="UTC", show_default=True, help="IANA zone for the entity's dates.")
+@click.option("--id", "entity_id", default=None, help="Choose the entity id (default: generated).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def entity_create(name: str, timezone: str, entity_id: str | None, as_json: bool) -> None:
+    """Create an entity and print its id."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    from shared.db import QUERIES, connect
+
+    try:
+        ZoneInfo(timezone)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise click.BadParameter(f"unknown time zone {timezone!r}", param_hint="--timezone") from exc
+    settings = _settings()
+    new_id = entity_id or "ent_" + secrets.token_hex(6)
+
+    async def go() -> str:
+        conn = await connect(settings.database_url)
+        try:
+            return str(await conn.fetchval(QUERIES["entity_create"], new_id, name, timezone))
+        finally:
+            await conn.close()
+
+    created = _run(go)
+    _emit(as_json, {"entity_id": created}, f"entity {created} ({name}, {timezone})")
+
+
+@main.group()
+def key() -> None:
+    """Access keys: create (shown once), list, revoke."""
+
+
+@key.command("create")
+@click.option("--entity", "entity_id", required=True, help="Entity the key belongs to.")
+@click.option("--rights", default="orders:write,products:create", show_default=True,
+              help="Comma-separated: orders:write, products:create, admin.")
+@click.option("--sources", default=None, help="Comma-separated source_ids the key may send for (default: any).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def key_create(entity_id: str, rights: str, sources: str | None, as_json: bool) -> None:
+    """Create a key and print it once; only its keyed hash is stored."""
+    import asyncpg
+
+    from shared.access import hash_key, new_access_key, new_key_id, parse_rights
+    from shared.db import QUERIES, connect
+
+    try:
+        right_list = parse_rights(rights)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--rights") from exc
+    source_list = [s.strip() for s in sources.split(",") if s.strip()] if sources else None
+    settings = _settings()
+    key_id = new_key_id()
+    access_key = new_access_key(key_id)
+
+    async def go() -> None:
+        conn = await connect(settings.database_url)
+        try:
+            await conn.execute(QUERIES["key_create"], key_id, entity_id,
+                               hash_key(settings.key_pepper, access_key), list(right_list), source_list)
+        except asyncpg.ForeignKeyViolationError as exc:
+            raise click.ClickException(f"no entity {entity_id!r}") from exc
+        finally:
+            await conn.close()
+
+    _run(go)
+    _emit(as_json, {"key_id": key_id, "access_key": access_key, "entity_id": entity_id,
+                    "rights": list(right_list), "sources": source_list},
+          f"key {key_id} for {entity_id} ({','.join(right_list)})\n"
+          f"access key (shown once, store it now): {access_key}")
+
+
+@key.command("list")
+@click.option("--entity", "entity_id", default=None, help="Only this entity's keys.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def key_list(entity_id: str | None, as_json: bool) -> None:
+    """List keys (never the secret)."""
+    from shared.db import QUERIES, connect
+
+    settings = _settings()
+
+    async def go() -> list[dict[str, Any]]:
+        conn = await connect(settings.database_url)
+        try:
+            return [dict(r) for r in await conn.fetch(QUERIES["key_list"], entity_id)]
+        finally:
+            await conn.close()
+
+    keys = _run(go)
+    if as_json:
+        click.echo(json.dumps({"keys": keys}, default=str))
+        return
+    for k in keys:
+        state = f"revoked {k['revoked_at']:%Y-%m-%d %H:%M}" if k["revoked_at"] else "active"
+        sources = ",".join(k["source_ids"]) if k["source_ids"] else "any source"
+        click.echo(f"{k['key_id']}  {k['entity_id']}  {','.join(k['rights'])}  {sources}  {state}")
+
+
+@key.command("revoke")
+@click.argument("key_id")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def key_revoke(key_id: str, as_json: bool) -> None:
+    """Revoke a key; receivers refuse it within 5 seconds."""
+    from shared.db import QUERIES, connect
+
+    settings = _settings()
+
+    async def go() -> bool:
+        conn = await connect(settings.database_url)
+        try:
+            return await conn.fetchval(QUERIES["key_revoke"], key_id) is not None
+        finally:
+            await conn.close()
+
+    if not _run(go):
+        raise click.ClickException(f"no active key {key_id!r}")
+    _emit(as_json, {"key_id": key_id, "revoked": True}, f"key {key_id} revoked")
+
+
+@main.command()
+@click.option("--data-dir", default=".orderflow-dev", show_default=True,
+              help="Folder for embedded services' data and the demo key.")
+@click.option("--port", type=int, default=8080, show_default=True, help="Receiver port.")
+def dev(data_dir: str, port: int) -> None:
+    """Everything at once: services (embedded when none is configured), migrate, demo key, receiver, worker."""
+    from shared.dev import run_dev
+
+    run_dev(data_dir, port)

@@ -1,0 +1,31 @@
+-- Claim up to N payloads in priority order under a lease; first put expired leases back.
+-- KEYS[1] ready zset, KEYS[2] leased zset (seq -> expiry ms), KEYS[3] lease scores hash,
+-- KEYS[4] payloads hash. ARGV[1] lease ms, ARGV[2] N.
+-- Returns {seq1, envelope1, seq2, envelope2, ...}.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 1000)
+for _, m in ipairs(expired) do
+  local s = redis.call('HGET', KEYS[3], m)
+  if s and redis.call('HEXISTS', KEYS[4], m) == 1 then
+    redis.call('ZADD', KEYS[1], s, m)
+  end
+  redis.call('ZREM', KEYS[2], m)
+  redis.call('HDEL', KEYS[3], m)
+end
+local n = tonumber(ARGV[2])
+if n <= 0 then return {} end
+local popped = redis.call('ZPOPMIN', KEYS[1], n)
+local deadline = string.format('%.0f', now + tonumber(ARGV[1]))
+local out = {}
+for i = 1, #popped, 2 do
+  local m, s = popped[i], popped[i + 1]
+  local body = redis.call('HGET', KEYS[4], m)
+  if body then
+    redis.call('ZADD', KEYS[2], deadline, m)
+    redis.call('HSET', KEYS[3], m, s)
+    out[#out + 1] = m
+    out[#out + 1] = body
+  end
+end
+return out

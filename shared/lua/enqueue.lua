@@ -1,0 +1,40 @@
+-- Hand off N payloads atomically: rate limits, sequence numbers, raw payloads, ready entries.
+-- KEYS[1] seq counter, KEYS[2] ready zset, KEYS[3] payloads hash
+-- ARGV[1] rate-key prefix, ARGV[2] per-key limit/s, ARGV[3] per-address limit/s,
+-- ARGV[4] priority limit, ARGV[5] seq span, ARGV[6] n,
+-- then per payload: priority, key_id, client address, envelope.
+-- Returns one entry per payload: its seq, or -1 when over a rate limit (nothing stored).
+local prefix = ARGV[1]
+local per_key = tonumber(ARGV[2])
+local per_addr = tonumber(ARGV[3])
+local plimit = tonumber(ARGV[4])
+local span = tonumber(ARGV[5])
+local n = tonumber(ARGV[6])
+local second = redis.call('TIME')[1]
+
+local function over(name, limit)
+  if limit <= 0 then return false end
+  local k = prefix .. name .. ':' .. second
+  local c = redis.call('INCR', k)
+  if c == 1 then redis.call('EXPIRE', k, 2) end
+  return c > limit
+end
+
+local out = {}
+for i = 0, n - 1 do
+  local b = 7 + i * 4
+  local prio = tonumber(ARGV[b])
+  local refused = over('k:' .. ARGV[b + 1], per_key)
+  if over('a:' .. ARGV[b + 2], per_addr) then refused = true end
+  if refused then
+    out[#out + 1] = -1
+  else
+    local seq = redis.call('INCR', KEYS[1])
+    if prio > plimit then prio = plimit end
+    if prio < -plimit then prio = -plimit end
+    redis.call('HSET', KEYS[3], seq, ARGV[b + 3])
+    redis.call('ZADD', KEYS[2], string.format('%.0f', (plimit - prio) * span + seq), seq)
+    out[#out + 1] = seq
+  end
+end
+return out

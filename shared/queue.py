@@ -1,0 +1,110 @@
+"""The ingest queue in Redis: a ready set in priority order, raw payloads, and leases.
+
+arq has no priorities and one job per order would cap throughput, so the hot path is
+three small Lua scripts over keys that share one hash tag (see shared/redis_keys.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from importlib import resources
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from shared.redis_keys import PRIORITY_LIMIT, SEQ_SPAN, RedisKeys
+
+
+def _script(name: str) -> str:
+    return resources.files("shared.lua").joinpath(name).read_text()
+
+
+def make_envelope(header_json: bytes, raw: bytes) -> bytes:
+    """Header first so the worker can read it without parsing the body."""
+    return header_json + b"\n" + raw
+
+
+def split_envelope(envelope: bytes) -> tuple[bytes, bytes]:
+    """(header JSON, raw body); the header never contains a newline."""
+    header, _, raw = envelope.partition(b"\n")
+    return header, raw
+
+
+def receipt_id(seq: int, token: str) -> str:
+    """Receipt ids carry the sequence number so a queued receipt is found in Redis."""
+    return f"rcpt_{seq}_{token}"
+
+
+def seq_of_receipt(rid: str) -> int | None:
+    """The sequence number inside a receipt id, or None if it is not one of ours."""
+    parts = rid.split("_")
+    if len(parts) != 3 or parts[0] != "rcpt" or not parts[1].isdigit():
+        return None
+    return int(parts[1])
+
+
+class IngestQueue:
+    """Enqueue, claim, ack and hand back payloads, each in one round trip."""
+
+    def __init__(self, redis: aioredis.Redis, prefix: str) -> None:
+        self.redis = redis
+        self.keys = RedisKeys.for_prefix(prefix)
+        self._enqueue = redis.register_script(_script("enqueue.lua"))
+        self._claim = redis.register_script(_script("claim.lua"))
+        self._hand_back = redis.register_script(_script("hand_back.lua"))
+
+    async def enqueue_many(
+        self,
+        items: Sequence[tuple[int, str, str, bytes]],
+        *,
+        per_key: int = 0,
+        per_address: int = 0,
+    ) -> list[int]:
+        """Store (priority, key_id, address, envelope) items; seq per item, -1 if rate-limited."""
+        args: list[Any] = [self.keys.rate, per_key, per_address, PRIORITY_LIMIT, SEQ_SPAN, len(items)]
+        for priority, key_id, address, envelope in items:
+            args += [priority, key_id, address, envelope]
+        result = await self._enqueue(keys=[self.keys.seq, self.keys.ready, self.keys.payloads], args=args)
+        return [int(x) for x in result]
+
+    async def claim(self, count: int, lease_s: float) -> list[tuple[int, bytes]]:
+        """Up to `count` (seq, envelope) pairs, highest priority first, leased for lease_s."""
+        flat = await self._claim(
+            keys=[self.keys.ready, self.keys.leased, self.keys.lease_scores, self.keys.payloads],
+            args=[int(lease_s * 1000), count],
+        )
+        return [(int(flat[i]), bytes(flat[i + 1])) for i in range(0, len(flat), 2)]
+
+    async def ack(self, seqs: Sequence[int]) -> None:
+        """Forget payloads that are committed to PostgreSQL."""
+        if not seqs:
+            return
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.zrem(self.keys.leased, *seqs)
+            pipe.hdel(self.keys.lease_scores, *[str(s) for s in seqs])
+            pipe.hdel(self.keys.payloads, *[str(s) for s in seqs])
+            await pipe.execute()
+
+    async def hand_back(self, seqs: Sequence[int]) -> int:
+        """Return claimed, unprocessed payloads to the ready set (graceful stop)."""
+        if not seqs:
+            return 0
+        keys = [self.keys.ready, self.keys.leased, self.keys.lease_scores, self.keys.payloads]
+        return int(await self._hand_back(keys=keys, args=list(seqs)))
+
+    async def sweep(self) -> None:
+        """Put expired leases back without claiming anything."""
+        await self.claim(0, 1)
+
+    async def peek_envelope(self, seq: int) -> bytes | None:
+        """The envelope of a payload still waiting or claimed, if any."""
+        value = await self.redis.hget(self.keys.payloads, str(seq))
+        return bytes(value) if value is not None else None
+
+    async def depth(self) -> dict[str, int]:
+        """How many payloads wait and how many are claimed."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zcard(self.keys.ready)
+            pipe.zcard(self.keys.leased)
+            ready, leased = await pipe.execute()
+        return {"ready": int(ready), "leased": int(leased)}

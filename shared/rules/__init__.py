@@ -1,0 +1,1 @@
+"""Pure validation and normalisation rules shared by the receiver and the workers."""

@@ -1,0 +1,101 @@
+"""Entry point of the worker process: arq runs the lifecycle, cron sweeps and health checks.
+
+The ingest consumer runs as long-lived tasks started in on_startup: arq has no
+priorities and one arq job per order would cap throughput (see DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from arq import cron
+from arq.connections import RedisSettings
+from arq.worker import Worker
+
+from shared.db import create_pool
+from shared.logging import configure_logging, get_logger
+from shared.queue import IngestQueue
+from shared.settings import Settings
+from worker.consumer import IngestConsumer
+
+log = get_logger(__name__)
+SHUTDOWN_GRACE_S = 20.0
+
+
+async def startup(ctx: dict[str, Any]) -> None:
+    """Open the pool, start the consumer tasks."""
+    settings: Settings = ctx.get("settings") or Settings.from_env()
+    ctx["settings"] = settings
+    concurrency = int(ctx.get("concurrency", 2))
+    ctx["pool"] = await create_pool(settings.database_url, min_size=1, max_size=concurrency + 2)
+    queue = IngestQueue(ctx["redis"], settings.redis_prefix)
+    ctx["stop"] = stop = asyncio.Event()
+    ctx["consumers"] = consumers = [IngestConsumer(queue, ctx["pool"], settings) for _ in range(concurrency)]
+    ctx["tasks"] = [asyncio.create_task(c.run(stop), name=f"consumer-{i}") for i, c in enumerate(consumers)]
+    ctx["queue"] = queue
+    log.info("worker_started", concurrency=concurrency, prefix=settings.redis_prefix)
+
+
+async def shutdown(ctx: dict[str, Any]) -> None:
+    """Let in-flight batches finish, hand back anything still claimed, close the pool."""
+    stop: asyncio.Event | None = ctx.get("stop")
+    if stop is not None:
+        stop.set()
+        tasks = ctx.get("tasks", [])
+        done, pending = await asyncio.wait(tasks, timeout=SHUTDOWN_GRACE_S) if tasks else (set(), set())
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        held = [seq for c in ctx.get("consumers", []) for seq in c.held]
+        if held:
+            back = await ctx["queue"].hand_back(held)
+            log.info("handed_back", count=back)
+    if "pool" in ctx:
+        await ctx["pool"].close()
+    log.info("worker_stopped")
+
+
+async def sweep_and_beat(ctx: dict[str, Any]) -> None:
+    """Cron: put expired leases back even when no consumer is claiming; write heartbeats."""
+    await ctx["queue"].sweep()
+    for consumer in ctx.get("consumers", []):
+        await consumer.heartbeat()
+
+
+def arq_options(settings: Settings, concurrency: int = 2) -> dict[str, Any]:
+    """Keyword arguments for arq's Worker, from our settings."""
+    return {
+        "functions": [],
+        "cron_jobs": [cron(sweep_and_beat, second=set(range(0, 60, 5)), run_at_startup=True,
+                           unique=False, timeout=10)],
+        "on_startup": startup,
+        "on_shutdown": shutdown,
+        "redis_settings": RedisSettings.from_dsn(settings.redis_url),
+        # the hash tag keeps arq's own keys in our deployment's Redis Cluster slot
+        "queue_name": "{" + settings.redis_prefix + "}:arq",
+        "health_check_key": "{" + settings.redis_prefix + "}:arq:health-check",
+        "ctx": {"settings": settings, "concurrency": concurrency},
+        "keep_result": 0,
+        "poll_delay": 0.5,
+    }
+
+
+def create_worker(settings: Settings, concurrency: int = 2) -> Worker:
+    """An arq Worker wired to our consumer."""
+    return Worker(**arq_options(settings, concurrency))
+
+
+class WorkerSettings:
+    """For `arq worker.main.WorkerSettings`; `orderflow worker` is the usual way in."""
+
+    functions: list[Any] = []
+    cron_jobs = [cron(sweep_and_beat, second=set(range(0, 60, 5)), run_at_startup=True, unique=False)]
+    on_startup = startup
+    on_shutdown = shutdown
+
+
+def run(settings: Settings, concurrency: int = 2) -> None:
+    """Run one worker process until SIGINT/SIGTERM."""
+    configure_logging(settings.log_level, settings.log_format)
+    create_worker(settings, concurrency).run()

@@ -1,0 +1,305 @@
+"""Store a claimed batch of payloads in one PostgreSQL transaction.
+
+Decisions (sequence guard, source ownership, identical repeats, change rules, unknown
+SKUs) are made in Python from rows locked up front; the writes are a handful of
+set-based statements, so a batch of 200 costs about as many round trips as a batch of 1.
+One bad order never fails its batch-mates: it gets a rejected receipt, the rest commit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+import msgspec
+
+from shared.db import QUERIES
+from shared.queue import receipt_id, split_envelope
+from shared.rules.lifecycle import changed_fields, place, refuse_change
+from shared.rules.order import OrderInvalid, content_hash, normalize_order
+from shared.schemas import Header, Order, PayloadIn, Problem, header_decoder, json_decoder, json_encoder
+from shared.logging import get_logger
+from shared.zones import zone_named
+
+log = get_logger(__name__)
+
+
+
+class BatchRace(Exception):
+    """Another worker wrote one of our references between our lock and our write; redo the batch."""
+
+
+@dataclasses.dataclass
+class Prepared:
+    """One claimed payload, decoded and normalised (or with the reason it could not be)."""
+
+    seq: int
+    header: Header
+    receipt_id: str
+    received_at: dt.datetime
+    reference: str
+    source_id: str
+    order: Order | None = None
+    payload: Any = None
+    warnings: list[Problem] = dataclasses.field(default_factory=list)
+    error: str | None = None
+
+
+@dataclasses.dataclass
+class ReceiptRow:
+    """The outcome of one payload, as written to `receipts`."""
+
+    receipt_id: str
+    entity_id: str
+    seq: int
+    reference: str
+    source_id: str
+    state: str
+    code: int
+    reason: str | None
+    warnings: list[Problem]
+    received_at: dt.datetime
+    stored_at: dt.datetime
+    key: tuple[str, str] | None = None
+
+
+@dataclasses.dataclass
+class Current:
+    """What we know of a stored order while planning a batch."""
+
+    order_id: int | None
+    source_id: str
+    seq: int
+    state: str
+    version: int
+    content_hash: bytes
+    document: dict[str, Any]
+    release_at: dt.datetime | None
+    released_at: dt.datetime | None
+    stored_at: dt.datetime
+
+
+def prepare(seq: int, envelope: bytes) -> Prepared:
+    """Decode an envelope and apply the order rules, exactly as the receiver did."""
+    header_json, raw = split_envelope(envelope)
+    header = header_decoder.decode(header_json)
+    received = dt.datetime.fromtimestamp(header.received_at, dt.UTC)
+    item = Prepared(seq, header, receipt_id(seq, header.token), received, header.reference, "",
+                    warnings=header.warnings)
+    try:
+        payload = json_decoder.decode(raw)
+        if isinstance(payload, dict):
+            item.source_id = str(payload.get("source_id") or "")
+        typed = msgspec.convert(payload, type=PayloadIn, strict=False)
+        item.order, _ = normalize_order(typed, zone_named(header.timezone))
+        item.payload = payload
+        item.reference, item.source_id = item.order.reference, item.order.source_id
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        item.error = f"invalid payload: {exc}"
+    except OrderInvalid as exc:
+        item.error = "; ".join(f"{p.loc}: {p.msg}" for p in exc.errors)
+    return item
+
+
+async def store_batch(
+    conn: asyncpg.Connection, batch: Sequence[tuple[int, bytes]], now: dt.datetime
+) -> list[ReceiptRow]:
+    """Commit a batch; on a data error, store each payload alone so only the bad one fails."""
+    prepared = sorted((prepare(seq, env) for seq, env in batch), key=lambda p: p.seq)
+    for attempt in range(3):
+        try:
+            async with conn.transaction():
+                return await _plan_and_write(conn, prepared, now)
+        except BatchRace:
+            log.info("batch_race_retry", attempt=attempt)
+        except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError,
+                asyncpg.ProgramLimitExceededError) as exc:
+            if len(prepared) == 1:
+                return await _reject_alone(conn, prepared[0], now, f"could not be stored: {exc}")
+            log.warning("batch_split", size=len(prepared), error=str(exc))
+            rows: list[ReceiptRow] = []
+            for item in prepared:
+                rows += await store_batch(conn, [(item.seq, _reenvelope(item, batch))], now)
+            return rows
+    raise BatchRace("batch kept racing with another worker")
+
+
+def _json(value: Any) -> str:
+    return json_encoder.encode(value).decode()
+
+
+def _reenvelope(item: Prepared, batch: Sequence[tuple[int, bytes]]) -> bytes:
+    return next(env for seq, env in batch if seq == item.seq)
+
+
+async def _reject_alone(conn: asyncpg.Connection, item: Prepared, now: dt.datetime, reason: str) -> list[ReceiptRow]:
+    row = _receipt(item, now, "rejected", 422, reason)
+    async with conn.transaction():
+        await _write_receipts(conn, [row], {})
+    return [row]
+
+
+def _receipt(item: Prepared, now: dt.datetime, state: str, code: int, reason: str | None,
+             key: tuple[str, str] | None = None) -> ReceiptRow:
+    return ReceiptRow(item.receipt_id, item.header.entity_id, item.seq, item.reference,
+                      item.source_id, state, code, reason, item.warnings, item.received_at, now, key)
+
+
+async def _plan_and_write(
+    conn: asyncpg.Connection, prepared: list[Prepared], now: dt.datetime
+) -> list[ReceiptRow]:
+    valid = [p for p in prepared if p.order is not None]
+    pairs = sorted({(p.header.entity_id, p.reference) for p in valid})
+    current: dict[tuple[str, str], Current] = {}
+    if pairs:
+        for r in await conn.fetch(QUERIES["batch_lock_orders"], [e for e, _ in pairs], [ref for _, ref in pairs]):
+            current[(r["entity_id"], r["reference"])] = Current(
+                r["order_id"], r["source_id"], r["seq"], r["state"], r["version"],
+                bytes(r["content_hash"]), r["document"], r["release_at"], r["released_at"],
+                r["stored_at"])
+    sku_pairs = sorted({(p.header.entity_id, line.sku) for p in valid for line in p.order.items})  # type: ignore[union-attr]
+    known: set[tuple[str, str]] = set()
+    if sku_pairs:
+        rows = await conn.fetch(QUERIES["batch_known_products"], [e for e, _ in sku_pairs], [s for _, s in sku_pairs])
+        known = {(r["entity_id"], r["sku"]) for r in rows}
+
+    receipts: list[ReceiptRow] = []
+    writes: dict[tuple[str, str], tuple[Prepared, Current]] = {}
+    bumps: dict[tuple[str, str], int] = {}
+    versions: list[tuple[tuple[str, str], int, int, str, list[str]]] = []
+    new_products: dict[tuple[str, str], tuple[str, Any, str]] = {}
+
+    for item in prepared:
+        order = item.order
+        if order is None:
+            receipts.append(_receipt(item, now, "rejected", 422, item.error))
+            continue
+        key = (item.header.entity_id, order.reference)
+        cur = current.get(key)
+        if cur is not None and cur.source_id != order.source_id:
+            receipts.append(_receipt(item, now, "rejected", 409,
+                            f"reference {order.reference!r} belongs to source {cur.source_id!r}"))
+            continue
+        if cur is not None and item.seq <= cur.seq:
+            if item.seq == cur.seq:  # the same payload again: its lease expired after the commit
+                receipts.append(_receipt(item, now, "stored", 200, None, key))
+            else:
+                receipts.append(_receipt(item, now, "superseded", 409,
+                                f"a newer update (sequence {cur.seq}) is already stored", key))
+            continue
+        document = msgspec.to_builtins(order)
+        digest = content_hash(order)
+        if cur is not None and digest == cur.content_hash:
+            cur.seq = bumps[key] = item.seq
+            receipts.append(_receipt(item, now, "stored", 200, "identical repeat: nothing changed", key))
+            continue
+        changes: list[str] = ["*"]
+        if cur is not None:
+            changed = changed_fields(cur.document, document)
+            effective = "released" if cur.released_at is not None and cur.state != "shipped" else cur.state
+            refusal = refuse_change(effective, changed, order.status)
+            if refusal:
+                receipts.append(_receipt(item, now, "rejected", 422, refusal, key))
+                continue
+            changes = sorted(changed)
+        unknown = [line for line in order.items if (key[0], line.sku) not in known]
+        if unknown and not item.header.can_create_products:
+            skus = ", ".join(sorted({repr(line.sku) for line in unknown}))
+            receipts.append(_receipt(item, now, "rejected", 422,
+                            f"unknown SKU {skus}: this key may not create products"))
+            continue
+        for line in unknown:
+            known.add((key[0], line.sku))
+            new_products[(key[0], line.sku)] = (line.description, line.weight, item.receipt_id)
+        placement = place(order.status, order.delivery_at, now, released_at=cur.released_at if cur else None)
+        version = cur.version + 1 if cur else 1
+        nxt = Current(cur.order_id if cur else None, order.source_id, item.seq, placement.state,
+                      version, digest, document, placement.release_at, placement.released_at,
+                      cur.stored_at if cur else now)
+        current[key] = nxt
+        writes[key] = (item, nxt)
+        bumps.pop(key, None)
+        versions.append((key, version, item.seq, item.receipt_id, changes))
+        receipts.append(_receipt(item, now, "stored", 200, None, key))
+
+    if new_products:
+        ks = list(new_products)
+        await conn.execute(QUERIES["batch_create_products"], [e for e, _ in ks], [s for _, s in ks],
+                           [new_products[k][0] for k in ks], [new_products[k][1] for k in ks],
+                           [new_products[k][2] for k in ks])
+    order_ids = await _write_orders(conn, writes, now)
+    for key, cur in current.items():
+        if cur.order_id is None and key in order_ids:
+            cur.order_id = order_ids[key]
+    if bumps:
+        ids = [current[k].order_id for k in bumps]
+        await conn.execute(QUERIES["batch_bump_seq"], ids, list(bumps.values()))
+    if versions:
+        await conn.execute(
+            QUERIES["batch_insert_versions"],
+            [order_ids[k] for k, *_ in versions], [v[1] for v in versions], [v[2] for v in versions],
+            [now] * len(versions), [v[3] for v in versions], [_json(v[4]) for v in versions])
+    ids_by_key = {k: c.order_id for k, c in current.items()}
+    await _write_receipts(conn, receipts, ids_by_key)
+    return receipts
+
+
+async def _write_orders(
+    conn: asyncpg.Connection, writes: dict[tuple[str, str], tuple[Prepared, Current]], now: dt.datetime
+) -> dict[tuple[str, str], int]:
+    if not writes:
+        return {}
+    cols: list[list[Any]] = [[] for _ in range(24)]
+    for (entity_id, reference), (item, cur) in writes.items():
+        o = item.order
+        assert o is not None
+        values = (entity_id, reference, o.source_id, cur.seq, cur.state, o.status, o.type, o.priority,
+                  o.flag_partial, o.cod_amount, o.currency, o.shipping_method, o.customer_id, _json(o.options),
+                  o.created_at, o.delivery_at, cur.release_at, cur.released_at, cur.stored_at, now,
+                  cur.version, cur.content_hash, _json(cur.document), _json(item.payload))
+        for col, value in zip(cols, values, strict=True):
+            col.append(value)
+    rows = await conn.fetch(QUERIES["batch_upsert_orders"], *cols)
+    ids = {(r["entity_id"], r["reference"]): r["order_id"] for r in rows}
+    if len(ids) != len(writes):
+        raise BatchRace("an order was written by another worker meanwhile")
+    await conn.execute(QUERIES["batch_clear_children"], list(ids.values()))
+    lines, addresses = [], []
+    for key, (item, _) in writes.items():
+        o = item.order
+        assert o is not None
+        oid = ids[key]
+        for n, line in enumerate(o.items, start=1):
+            lines.append((oid, n, line.sku, line.qty, line.description, line.weight, line.reference,
+                          line.unit_price, line.is_kit, line.allocation_type, line.cost,
+                          line.custom_options, line.packing))
+        for kind, address in (("billing", o.billing), ("shipping", o.shipping)):
+            if address is not None:
+                addresses.append((oid, kind, *(getattr(address, f) for f in ADDRESS_COLUMNS)))
+    await conn.copy_records_to_table("order_lines", records=lines, columns=LINE_COLUMNS)
+    if addresses:
+        await conn.copy_records_to_table("addresses", records=addresses, columns=("order_id", "kind", *ADDRESS_COLUMNS))
+    return ids
+
+
+LINE_COLUMNS = ("order_id", "line_no", "sku", "qty", "description", "weight", "reference", "unit_price",
+                "is_kit", "allocation_type", "cost", "custom_options", "packing")
+ADDRESS_COLUMNS = ("firstname", "lastname", "company", "street", "housenumber", "housenumber_ext",
+                   "postcode", "city", "region", "country", "phone", "email", "method")
+
+
+async def _write_receipts(
+    conn: asyncpg.Connection, receipts: list[ReceiptRow], ids: dict[tuple[str, str], int | None]
+) -> None:
+    if not receipts:
+        return
+    await conn.execute(
+        QUERIES["batch_insert_receipts"],
+        [r.receipt_id for r in receipts], [r.entity_id for r in receipts], [r.seq for r in receipts],
+        [r.reference for r in receipts], [r.source_id for r in receipts], [r.state for r in receipts],
+        [r.code for r in receipts], [r.reason for r in receipts],
+        [_json(r.warnings) for r in receipts], [r.received_at for r in receipts],
+        [r.stored_at for r in receipts], [ids.get(r.key) if r.key else None for r in receipts])
