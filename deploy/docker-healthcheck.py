@@ -43,8 +43,10 @@ def main() -> int:
     if "serve" not in argv:
         return 0
     url = f"http://127.0.0.1:{port_from(argv)}/healthz"
+    # No proxy: HTTP(S)_PROXY set for webhook delivery must not capture a loopback check.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
-        with urllib.request.urlopen(url, timeout=3) as response:
+        with opener.open(url, timeout=3) as response:
             return 0 if response.status == 200 else 1
     except Exception as exc:  # any failure to answer is unhealthy
         print(f"{url}: {exc}", file=sys.stderr)

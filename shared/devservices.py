@@ -17,7 +17,7 @@ import subprocess
 import time
 from collections.abc import Callable, Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 from shared.logging import get_logger
 
@@ -32,8 +32,10 @@ PORT_ATTEMPTS = 3
 LOG_TAIL_LINES = 30
 
 # (signal, seconds to wait for exit after it): polite first, then harder.
-_PG_STOP = ((signal.SIGINT, 15.0), (signal.SIGQUIT, 5.0), (signal.SIGKILL, 5.0))  # fast, immediate
-_REDIS_STOP = ((signal.SIGTERM, 15.0), (signal.SIGKILL, 5.0))  # SIGTERM fsyncs the AOF first
+# PostgreSQL: SIGINT is "fast" shutdown (SIGTERM would wait for every client to leave),
+# SIGQUIT "immediate". Redis: SIGTERM fsyncs the AOF before exiting.
+_PG_STOP = ((signal.SIGINT, 15.0), (signal.SIGQUIT, 5.0), (signal.SIGKILL, 5.0))
+_REDIS_STOP = ((signal.SIGTERM, 15.0), (signal.SIGKILL, 5.0))
 
 
 def port_is_open(host: str, port: int, timeout: float = 0.3) -> bool:
@@ -68,7 +70,7 @@ class DevServices:
         self._lock_fd: int | None = None
         self._account = _server_account()
 
-    def __enter__(self) -> DevServices:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(
@@ -111,7 +113,7 @@ class DevServices:
                 and port_is_open(HOST, port)
             )
 
-        self._pg, port = self._start("PostgreSQL", spawn, ready, logfile, self._pg_port)
+        self._pg, port = self._start("PostgreSQL", spawn, ready, logfile, self._pg_port, _PG_STOP)
         self._pg_dsn = f"postgresql://postgres@{HOST}:{port}/postgres"
         log.info("devservices.postgres.started", port=port, pgdata=str(pgdata), log=str(logfile))
         return self._pg_dsn
@@ -188,7 +190,9 @@ class DevServices:
         def ready(proc: subprocess.Popen[bytes], port: int) -> bool:
             return _redis_pings(port)
 
-        self._redis, port = self._start("Redis", spawn, ready, logfile, self._redis_port)
+        self._redis, port = self._start(
+            "Redis", spawn, ready, logfile, self._redis_port, _REDIS_STOP
+        )
         self._redis_url = f"redis://{HOST}:{port}/0"
         log.info("devservices.redis.started", port=port, dir=str(rdir), log=str(logfile))
         return self._redis_url
@@ -226,6 +230,7 @@ class DevServices:
         ready: Callable[[subprocess.Popen[bytes], int], bool],
         logfile: pathlib.Path,
         fixed_port: int | None,
+        stop_plan: Sequence[tuple[signal.Signals, float]],
     ) -> tuple[subprocess.Popen[bytes], int]:
         """Spawn a server and wait until it answers, retrying on a lost port race."""
         attempts = 1 if fixed_port is not None else PORT_ATTEMPTS
@@ -237,14 +242,17 @@ class DevServices:
             except OSError as exc:
                 raise RuntimeError(f"{name} could not be started: {exc}") from exc
             try:
-                failure = _wait_until(proc, lambda: ready(proc, port), START_TIMEOUT_S)
+                failure = _wait_until(proc, port, ready, START_TIMEOUT_S)
+                if failure is None:
+                    return proc, port
             except BaseException:
                 # Ctrl-C while waiting: do not leave a server behind that nobody will stop
-                _signal(proc, signal.SIGKILL)
-                proc.wait()
+                _signal(proc, stop_plan[0][0])
+                _wait_or_escalate(proc, stop_plan)
                 raise
-            if failure is None:
-                return proc, port
+            # hung or dead: make sure it is gone before we report or retry
+            _signal(proc, stop_plan[0][0])
+            _wait_or_escalate(proc, stop_plan)
             tail = _tail(logfile, offset)
             if attempt < attempts and "Address already in use" in tail:
                 continue
@@ -318,7 +326,13 @@ class DevServices:
             return
         path = self.data_dir / ".devservices.lock"
         # O_CLOEXEC: a server that inherited the lock would keep it after we die
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except PermissionError:
+            raise RuntimeError(
+                f"cannot write in {self.data_dir} (made by another user, e.g. root?);"
+                f" use another data folder or run as that user"
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -429,19 +443,20 @@ def _child_env() -> dict[str, str]:
 
 
 def _wait_until(
-    proc: subprocess.Popen[bytes], ready: Callable[[], bool], timeout: float
+    proc: subprocess.Popen[bytes],
+    port: int,
+    ready: Callable[[subprocess.Popen[bytes], int], bool],
+    timeout: float,
 ) -> str | None:
-    """Poll until ready(); None on success, else why not."""
+    """Poll until ready(proc, port); None on success, else why not."""
     deadline = time.monotonic() + timeout
     while True:
-        if ready():
+        if ready(proc, port):
             return None
         code = proc.poll()
         if code is not None:
             return f"exited with code {code}"
         if time.monotonic() > deadline:
-            _signal(proc, signal.SIGKILL)
-            proc.wait()
             return f"did not answer within {timeout:.0f} s"
         time.sleep(0.05)
 
@@ -561,5 +576,3 @@ def _tail(path: pathlib.Path, offset: int = 0) -> str:
         return f"(no log: {exc})"
     lines = text.splitlines()[-LOG_TAIL_LINES:]
     return "\n".join(lines) if lines else "(log is empty)"
-
-

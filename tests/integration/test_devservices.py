@@ -42,7 +42,7 @@ async def check(dsn: str, url: str) -> dict[str, object]:
         one = await conn.fetchval("SELECT 1")
     finally:
         await conn.close()
-    client = aioredis.from_url(url)
+    client = aioredis.Redis.from_url(url)
     try:
         pong = await client.ping()
         await client.set("orderflow:devservices", "ok")
@@ -131,7 +131,7 @@ async def test_start_check_restart_stop(data_dir: pathlib.Path) -> None:
             await conn.execute("CREATE TABLE survives (v text); INSERT INTO survives VALUES ('pg')")
         finally:
             await conn.close()
-        client = aioredis.from_url(url)
+        client = aioredis.Redis.from_url(url)
         try:
             assert await client.ping() is True
             await client.set("orderflow:queued", "redis")
@@ -156,7 +156,7 @@ async def test_start_check_restart_stop(data_dir: pathlib.Path) -> None:
             assert await conn.fetchval("SELECT v FROM survives") == "pg"
         finally:
             await conn.close()
-        client = aioredis.from_url(again.start_redis())
+        client = aioredis.Redis.from_url(again.start_redis())
         try:
             assert await client.get("orderflow:queued") == b"redis"
         finally:
