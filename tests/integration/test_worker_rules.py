@@ -1,0 +1,184 @@
+"""The worker's decisions against real PostgreSQL and Redis: guard, ownership, repeats, SKUs, bad batch-mates."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import secrets
+import time
+from typing import Any
+
+import msgspec
+
+from shared.queue import IngestQueue, make_envelope, receipt_id
+from shared.schemas import Header, json_encoder
+from tests.conftest import Tenant, order_body
+
+T0 = dt.datetime(2026, 6, 1, 12, 0, tzinfo=dt.UTC)
+
+
+class Feeder:
+    """Puts payloads on the queue exactly as the receiver does (header + payload JSON)."""
+
+    def __init__(self, queue: IngestQueue, tenant: Tenant, key_id: str, can_create: bool = True) -> None:
+        self.queue, self.tenant, self.key_id, self.can_create = queue, tenant, key_id, can_create
+
+    async def put(self, payload: dict[str, Any], priority: int = 0) -> str:
+        token = secrets.token_hex(6)
+        header = Header(token=token, entity_id=self.tenant.entity_id, key_id=self.key_id,
+                        can_create_products=self.can_create, timezone="UTC", received_at=time.time(),
+                        priority=priority, reference=str(payload.get("reference", "")))
+        env = make_envelope(json_encoder.encode(header), json.dumps(payload).encode())
+        [seq] = await self.queue.enqueue_many([(priority, self.key_id, "test", env)])
+        return receipt_id(seq, token)
+
+
+async def feeder(consumer, tenant: Tenant, can_create: bool = True) -> Feeder:
+    key_id, _ = await tenant.key()
+    return Feeder(consumer.queue, tenant, key_id, can_create)
+
+
+async def receipt(pool, rid: str) -> dict[str, Any]:
+    row = await pool.fetchrow("SELECT * FROM receipts WHERE receipt_id = $1", rid)
+    assert row is not None, rid
+    return dict(row)
+
+
+async def test_update_applies_and_older_payload_is_superseded(consumer, tenant, pool):
+    f = await feeder(consumer, tenant)
+    first = await f.put(order_body("A1")["payload"])
+    second = await f.put(order_body("A1", shipping_city="Boston")["payload"])
+    # the newer payload is stored first (as when two workers race and the second is faster)
+    await consumer.queue.redis.zadd(consumer.queue.keys.ready, {"1": 8_500_000_000_000_000})
+    consumer.settings = msgspec.structs.replace(consumer.settings, claim_batch=1)
+    await consumer.drain()
+    assert (await receipt(pool, second))["state"] == "stored"
+    r1 = await receipt(pool, first)
+    assert r1["state"] == "superseded" and "sequence 2" in r1["reason"]
+    city = await pool.fetchval("SELECT city FROM addresses WHERE kind = 'shipping'")
+    assert city == "Boston"
+    assert await pool.fetchval("SELECT version FROM orders") == 1
+
+
+async def test_updates_in_one_batch_apply_in_sequence_order(consumer, tenant, pool):
+    f = await feeder(consumer, tenant)
+    await f.put(order_body("A0")["payload"])
+    await f.put(order_body("A0", shipping_city="Boston")["payload"])
+    await f.put(order_body("A0", shipping_city="Chicago")["payload"])
+    assert await consumer.run_once() == 3
+    assert await pool.fetchval("SELECT city FROM addresses WHERE kind = 'shipping'") == "Chicago"
+    assert await pool.fetchval("SELECT version FROM orders") == 3
+
+
+async def test_updates_in_order_make_versions_with_changes(consumer, tenant, pool):
+    f = await feeder(consumer, tenant)
+    await f.put(order_body("A2")["payload"])
+    await consumer.drain()
+    await f.put(order_body("A2", shipping_city="Boston", priority=3)["payload"])
+    await consumer.drain()
+    versions = await pool.fetch("SELECT version, seq, changes FROM order_versions ORDER BY version")
+    assert [(v["version"], v["seq"], v["changes"]) for v in versions] == [
+        (1, 1, ["*"]), (2, 2, ["priority", "shipping"])]
+
+
+async def test_identical_repeat_changes_nothing(consumer, tenant, pool):
+    f = await feeder(consumer, tenant)
+    await f.put(order_body("A3")["payload"])
+    await consumer.drain()
+    before = dict(await pool.fetchrow("SELECT updated_at, version, content_hash FROM orders"))
+    rid = await f.put(order_body("A3")["payload"])
+    await consumer.drain()
+    after = dict(await pool.fetchrow("SELECT updated_at, version, content_hash, seq FROM orders"))
+    assert after.pop("seq") == 2  # the guard moves on so an older payload still loses
+    assert after == before
+    r = await receipt(pool, rid)
+    assert (r["state"], r["reason"]) == ("stored", "identical repeat: nothing changed")
+    assert await pool.fetchval("SELECT count(*) FROM order_versions") == 1
+
+
+async def test_reference_of_another_source_is_rejected_naming_it(consumer, tenant, pool):
+    f = await feeder(consumer, tenant)
+    await f.put(order_body("A4")["payload"])
+    rid = await f.put(order_body("A4", source_id="amazon")["payload"])
+    await consumer.drain()
+    r = await receipt(pool, rid)
+    assert (r["state"], r["code"]) == ("rejected", 409)
+    assert "'mage2'" in r["reason"]
+    assert await pool.fetchval("SELECT source_id FROM orders") == "mage2"
+
+
+async def test_unknown_sku_without_product_right_is_rejected_naming_it(consumer, tenant, pool):
+    f = await feeder(consumer, tenant, can_create=False)
+    rid = await f.put(order_body("A5")["payload"])
+    await consumer.drain()
+    r = await receipt(pool, rid)
+    assert (r["state"], r["code"]) == ("rejected", 422)
+    assert "'DWS-43'" in r["reason"] and "'DWS-44'" in r["reason"]
+    assert await pool.fetchval("SELECT count(*) FROM orders") == 0
+    assert await pool.fetchval("SELECT count(*) FROM products") == 0
+    # once the products exist, the same key may order them
+    await pool.execute("INSERT INTO products (entity_id, sku) VALUES ($1, 'DWS-43'), ($1, 'DWS-44')",
+                       tenant.entity_id)
+    rid = await f.put(order_body("A5")["payload"])
+    await consumer.drain()
+    assert (await receipt(pool, rid))["state"] == "stored"
+
+
+async def test_one_bad_order_never_fails_its_batch_mates(consumer, tenant, pool):
+    f = await feeder(consumer, tenant)
+    good = [await f.put(order_body(f"G{i}")["payload"]) for i in range(5)]
+    # passes the rules but PostgreSQL refuses a NUL character in text
+    bad = await f.put(order_body("BAD", customer_id="x\u0000y")["payload"])
+    good.append(await f.put(order_body("G9")["payload"]))
+    assert await consumer.run_once() == 7  # one claim, one batch
+    assert [(await receipt(pool, rid))["state"] for rid in good] == ["stored"] * 6
+    r = await receipt(pool, bad)
+    assert r["state"] == "rejected" and "could not be stored" in r["reason"]
+    assert await pool.fetchval("SELECT count(*) FROM orders") == 6
+    assert await consumer.queue.depth() == {"ready": 0, "leased": 0}
+
+
+async def test_change_after_release_is_limited(consumer, tenant, pool):
+    f = await feeder(consumer, tenant)
+    await f.put(order_body("A6", status="1")["payload"])
+    await consumer.drain()
+    assert await pool.fetchval("SELECT state FROM orders") == "released"
+    body = order_body("A6", status="1")
+    body["payload"]["items"][0]["qty"] = 5
+    refused = await f.put(body["payload"])
+    allowed = await f.put(order_body("A6", status="1", shipping_city="Boston", priority=9)["payload"])
+    await consumer.drain()
+    r = await receipt(pool, refused)
+    assert r["state"] == "rejected" and "items" in r["reason"] and "released" in r["reason"]
+    assert (await receipt(pool, allowed))["state"] == "stored"
+    row = await pool.fetchrow("SELECT state, priority, version FROM orders")
+    assert (row["state"], row["priority"], row["version"]) == ("released", 9, 2)
+
+
+async def test_batch_is_claimed_in_priority_order(consumer, tenant, pool):
+    f = await feeder(consumer, tenant)
+    for i, priority in enumerate([0, 5, -3, 5, 10, 0]):
+        await f.put(order_body(f"P{i}", priority=priority)["payload"], priority=priority)
+    claimed = await consumer.queue.claim(10, 30)
+    refs = [json.loads(env.split(b"\n", 1)[1])["reference"] for _, env in claimed]
+    assert refs == ["P4", "P1", "P3", "P0", "P5", "P2"]
+
+
+async def test_expired_lease_goes_back_to_ready(consumer, tenant, pool):
+    f = await feeder(consumer, tenant)
+    await f.put(order_body("L1")["payload"])
+    assert len(await consumer.queue.claim(10, 0.001)) == 1
+    await consumer.queue.redis.zadd(consumer.queue.keys.leased, {"1": 0})  # lease long expired
+    assert await consumer.drain() == 1
+    assert await pool.fetchval("SELECT count(*) FROM orders") == 1
+    assert await consumer.queue.depth() == {"ready": 0, "leased": 0}
+
+
+async def test_hand_back_restores_the_place(consumer, tenant):
+    f = await feeder(consumer, tenant)
+    await f.put(order_body("H1", priority=5)["payload"], priority=5)
+    await f.put(order_body("H2")["payload"])
+    claimed = await consumer.queue.claim(1, 30)
+    assert await consumer.queue.hand_back([seq for seq, _ in claimed]) == 1
+    again = await consumer.queue.claim(1, 30)
+    assert again[0][0] == claimed[0][0]
