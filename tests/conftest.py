@@ -17,12 +17,14 @@ from aiohttp import web
 
 from shared.access import hash_key, new_access_key, new_key_id
 from shared.db import QUERIES, connect, create_pool, migrate
+from shared.logging import configure_logging
 from shared.settings import Settings
 
 PG_BASE = os.environ.get("ORDERFLOW_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
 REDIS_URL = os.environ.get("ORDERFLOW_TEST_REDIS", "redis://127.0.0.1:6379/0")
 FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
 TEMPLATE = f"orderflow_tmpl_{os.getpid()}"
+configure_logging("WARNING", "console")
 
 
 def fixture_path(name: str) -> Path:
