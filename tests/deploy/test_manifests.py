@@ -675,7 +675,7 @@ def test_dockerfile_is_multi_stage_on_python_311_slim() -> None:
         base = re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], base)
         assert base.startswith("python:3.11-slim"), base
     first_name = stages[0][0][1].split()[-1]
-    assert re.search(r"\bAS\b", stages[0][0][1], re.I)
+    assert re.search(r"\bAS\b", stages[0][0][1], re.IGNORECASE)
     assert any(i == "RUN" and "pip wheel" in a for i, a in stages[0]), "first stage builds a wheel"
     assert any(i == "COPY" and f"--from={first_name}" in a for i, a in stages[-1])
     assert not any(i == "RUN" and ("pip install" in a and "/src" in a) for i, a in stages[-1])
@@ -756,7 +756,7 @@ def health_server() -> Iterator[tuple[int, dict[str, int]]]:
     state = {"status": 200}
 
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             code = state["status"] if self.path == "/healthz" else 404
             self.send_response(code)
             self.send_header("Content-Length", "2")

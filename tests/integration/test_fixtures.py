@@ -37,7 +37,7 @@ async def test_order_valid(http, server, tenant, consumer, pool):
     assert row["entity_id"] == tenant.entity_id and row["source_id"] == "mage2"
     assert (row["status"], row["state"], row["type"], row["priority"]) == (0, "new", 0, 0)
     assert row["flag_partial"] == 0  # "" means ship complete
-    assert row["cod_amount"] == Decimal("0") and row["currency"] == "USD"
+    assert row["cod_amount"] == Decimal(0) and row["currency"] == "USD"
     assert row["created_at"] == dt.datetime(2019, 4, 18, 8, 47, 25, tzinfo=dt.UTC)
     assert row["delivery_at"] is None and row["release_at"] is None
     addresses = {r["kind"]: r for r in await pool.fetch("SELECT * FROM addresses WHERE order_id = $1", row["order_id"])}
