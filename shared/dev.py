@@ -30,6 +30,15 @@ def _with_database(dsn: str, name: str) -> str:
     return parts._replace(path="/" + name).geturl()
 
 
+def _redacted(url: str) -> str:
+    """url without its password, for printing."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(":" + parts.password + "@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
+
+
 def choose_services(data_dir: Path) -> tuple[str, str, Any]:
     """(database_url, redis_url, embedded services or None): configured, local, or embedded."""
     from shared.devservices import DevServices, port_is_open
@@ -37,7 +46,9 @@ def choose_services(data_dir: Path) -> tuple[str, str, Any]:
     services = None
     db = os.environ.get("ORDERFLOW_DATABASE_URL")
     redis_url = os.environ.get("ORDERFLOW_REDIS_URL")
-    if not db:
+    if db:
+        _say(f"PostgreSQL: using ORDERFLOW_DATABASE_URL ({_redacted(db)})")
+    else:
         if port_is_open(*DEFAULT_PG):
             db = Settings().database_url
             _say(f"PostgreSQL: using the local server at {DEFAULT_PG[0]}:{DEFAULT_PG[1]}")
@@ -45,7 +56,9 @@ def choose_services(data_dir: Path) -> tuple[str, str, Any]:
             services = DevServices(data_dir)
             db = _with_database(services.start_postgres(), "orderflow")
             _say(f"PostgreSQL: started an embedded server ({db}), data in {data_dir}")
-    if not redis_url:
+    if redis_url:
+        _say(f"Redis: using ORDERFLOW_REDIS_URL ({_redacted(redis_url)})")
+    else:
         if port_is_open(*DEFAULT_REDIS):
             redis_url = Settings().redis_url
             _say(f"Redis: using the local server at {DEFAULT_REDIS[0]}:{DEFAULT_REDIS[1]}")

@@ -6,13 +6,14 @@ three small Lua scripts over keys that share one hash tag (see shared/redis_keys
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from importlib import resources
 from typing import Any
 
 import redis.asyncio as aioredis
 
-from shared.redis_keys import PRIORITY_LIMIT, SEQ_SPAN, RedisKeys
+from shared.redis_keys import PRIORITY_LIMIT, SEQ_SPAN, STATS_TTL_S, RedisKeys
 
 
 def _script(name: str) -> str:
@@ -64,26 +65,44 @@ class IngestQueue:
         args: list[Any] = [self.keys.rate, per_key, per_address, PRIORITY_LIMIT, SEQ_SPAN, len(items)]
         for priority, key_id, address, envelope in items:
             args += [priority, key_id, address, envelope]
-        result = await self._enqueue(keys=[self.keys.seq, self.keys.ready, self.keys.payloads], args=args)
+        keys = [self.keys.seq, self.keys.ready, self.keys.payloads, self.keys.stats]
+        result = await self._enqueue(keys=keys, args=args)
         return [int(x) for x in result]
 
     async def claim(self, count: int, lease_s: float) -> list[tuple[int, bytes]]:
         """Up to `count` (seq, envelope) pairs, highest priority first, leased for lease_s."""
         flat = await self._claim(
-            keys=[self.keys.ready, self.keys.leased, self.keys.lease_scores, self.keys.payloads],
+            keys=[self.keys.ready, self.keys.leased, self.keys.lease_scores, self.keys.payloads,
+                  self.keys.paused],
             args=[int(lease_s * 1000), count],
         )
         return [(int(flat[i]), bytes(flat[i + 1])) for i in range(0, len(flat), 2)]
 
-    async def ack(self, seqs: Sequence[int]) -> None:
-        """Forget payloads that are committed to PostgreSQL."""
+    async def ack(self, seqs: Sequence[int], counts: dict[str, int] | None = None) -> None:
+        """Forget payloads that are committed to PostgreSQL; bump live counters with it."""
         if not seqs:
             return
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.zrem(self.keys.leased, *seqs)
             pipe.hdel(self.keys.lease_scores, *[str(s) for s in seqs])
             pipe.hdel(self.keys.payloads, *[str(s) for s in seqs])
+            stats_key = self.keys.stats + str(int(time.time()))
+            for name, n in (counts or {}).items():
+                if n:
+                    pipe.hincrby(stats_key, name, n)
+            pipe.expire(stats_key, STATS_TTL_S)
             await pipe.execute()
+
+    async def pause(self, paused: bool) -> None:
+        """Stop or resume claiming; the receiver keeps accepting."""
+        if paused:
+            await self.redis.set(self.keys.paused, str(int(time.time())))
+        else:
+            await self.redis.delete(self.keys.paused)
+
+    async def is_paused(self) -> bool:
+        """True while ingest consumption is paused."""
+        return bool(await self.redis.exists(self.keys.paused))
 
     async def hand_back(self, seqs: Sequence[int]) -> int:
         """Return claimed, unprocessed payloads to the ready set (graceful stop)."""

@@ -19,6 +19,8 @@ class RedisKeys(NamedTuple):
     lease_scores: str  # HASH seq -> ready score, to put an expired lease back where it was
     rate: str  # prefix for per-second rate-limit counters
     heartbeat: str  # prefix for worker heartbeats
+    paused: str  # exists while ingest consumption is paused (the receiver keeps answering 202)
+    stats: str  # prefix for per-second HASHes of live counters (received, stored, ...)
 
     @classmethod
     def for_prefix(cls, prefix: str) -> RedisKeys:
@@ -32,6 +34,8 @@ class RedisKeys(NamedTuple):
             lease_scores=f"{tag}:lease_scores",
             rate=f"{tag}:rate:",
             heartbeat=f"{tag}:heartbeat:",
+            paused=f"{tag}:paused",
+            stats=f"{tag}:stats:",
         )
 
 
@@ -45,3 +49,7 @@ def ready_score(priority: int, seq: int) -> int:
     """Lower sorts first: higher priority first, then FIFO by sequence."""
     p = max(-PRIORITY_LIMIT, min(PRIORITY_LIMIT, priority))
     return (PRIORITY_LIMIT - p) * SEQ_SPAN + seq
+
+
+# live counters are kept this long (the dashboard charts the last 15 minutes)
+STATS_TTL_S = 20 * 60

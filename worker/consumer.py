@@ -53,7 +53,11 @@ class IngestConsumer:
             # Put them back at once rather than waiting out the lease.
             await asyncio.shield(self._hand_back(seqs))
             raise
-        await self.queue.ack(seqs)
+        counts: dict[str, int] = {}
+        for r in receipts:
+            counts[r.state] = counts.get(r.state, 0) + 1
+        counts["released"] = sum(1 for r in receipts if r.released)
+        await self.queue.ack(seqs, counts)
         self.held.difference_update(seqs)
         self.stored_total += len(batch)
         for r in receipts:

@@ -72,6 +72,8 @@ class ReceiptRow:
     received_at: dt.datetime
     stored_at: dt.datetime
     key: tuple[str, str] | None = None
+    # this payload released the order (live counter for the dashboard)
+    released: bool = False
 
 
 @dataclasses.dataclass
@@ -135,6 +137,41 @@ async def store_batch(
     raise BatchRace("batch kept racing with another worker")
 
 
+TRANSITION_EVENTS = {"released": "order.released", "held": "order.held", "cancelled": "order.cancelled",
+                     "shipped": "order.shipped"}
+
+
+@dataclasses.dataclass
+class Event:
+    """One outbox row: what happened to which order, at which version."""
+
+    key: tuple[str, str]
+    source_id: str
+    type: str
+    version: int
+    priority: int
+    data: dict[str, Any]
+
+
+def event_data(cur: Current, priority: int, status: int) -> dict[str, Any]:
+    """The order as stored, with its state, source and per-order version."""
+    return {**cur.document, "state": cur.state, "status": status, "priority": priority,
+            "release_at": cur.release_at, "released_at": cur.released_at,
+            "source_id": cur.source_id, "version": cur.version}
+
+
+async def write_events(conn: asyncpg.Connection, events: list[Event],
+                       ids: dict[tuple[str, str], int | None], now: dt.datetime) -> None:
+    """Outbox rows, in the caller's transaction."""
+    if not events:
+        return
+    await conn.execute(
+        QUERIES["batch_insert_events"], [e.key[0] for e in events], [ids.get(e.key) for e in events],
+        [e.key[1] for e in events], [e.source_id for e in events], [e.type for e in events],
+        [e.version for e in events], [e.priority for e in events], [_json(e.data) for e in events],
+        [now] * len(events))
+
+
 def _json(value: Any) -> str:
     return json_encoder.encode(value).decode()
 
@@ -145,8 +182,12 @@ def _reenvelope(item: Prepared, batch: Sequence[tuple[int, bytes]]) -> bytes:
 
 async def _reject_alone(conn: asyncpg.Connection, item: Prepared, now: dt.datetime, reason: str) -> list[ReceiptRow]:
     row = _receipt(item, now, "rejected", 422, reason)
+    event = Event((row.entity_id, row.reference), row.source_id, "order.rejected", 0, 0,
+                  {"receipt_id": row.receipt_id, "reference": row.reference, "source_id": row.source_id,
+                   "code": row.code, "reason": row.reason, "version": 0})
     async with conn.transaction():
         await _write_receipts(conn, [row], {})
+        await write_events(conn, [event], {}, now)
     return [row]
 
 
@@ -179,6 +220,7 @@ async def _plan_and_write(
     bumps: dict[tuple[str, str], int] = {}
     versions: list[tuple[tuple[str, str], int, int, str, list[str]]] = []
     new_products: dict[tuple[str, str], tuple[str, Any, str]] = {}
+    events: list[Event] = []
 
     for item in prepared:
         order = item.order
@@ -231,7 +273,15 @@ async def _plan_and_write(
         writes[key] = (item, nxt)
         bumps.pop(key, None)
         versions.append((key, version, item.seq, item.receipt_id, changes))
-        receipts.append(_receipt(item, now, "stored", 200, None, key))
+        stored = _receipt(item, now, "stored", 200, None, key)
+        stored.released = nxt.state == "released" and (cur is None or cur.state != "released")
+        receipts.append(stored)
+        data = event_data(nxt, order.priority, order.status)
+        events.append(Event(key, order.source_id, "order.created" if cur is None else "order.updated",
+                            version, order.priority, data))
+        if nxt.state != (cur.state if cur else None) and nxt.state in TRANSITION_EVENTS:
+            events.append(Event(key, order.source_id, TRANSITION_EVENTS[nxt.state], version,
+                                order.priority, data))
 
     if new_products:
         ks = list(new_products)
@@ -252,6 +302,15 @@ async def _plan_and_write(
             [now] * len(versions), [v[3] for v in versions], [_json(v[4]) for v in versions])
     ids_by_key = {k: c.order_id for k, c in current.items()}
     await _write_receipts(conn, receipts, ids_by_key)
+    for r in receipts:
+        if r.state == "rejected":
+            key = (r.entity_id, r.reference)
+            cur = current.get(key)
+            events.append(Event(key, r.source_id, "order.rejected", cur.version if cur else 0, 0,
+                                {"receipt_id": r.receipt_id, "reference": r.reference,
+                                 "source_id": r.source_id, "code": r.code, "reason": r.reason,
+                                 "version": cur.version if cur else 0}))
+    await write_events(conn, events, ids_by_key, now)
     return receipts
 
 

@@ -1,6 +1,7 @@
 -- Claim up to N payloads in priority order under a lease; first put expired leases back.
 -- KEYS[1] ready zset, KEYS[2] leased zset (seq -> expiry ms), KEYS[3] lease scores hash,
--- KEYS[4] payloads hash. ARGV[1] lease ms, ARGV[2] N.
+-- KEYS[4] payloads hash, KEYS[5] paused flag. ARGV[1] lease ms, ARGV[2] N.
+-- While paused, expired leases still go back but nothing is claimed.
 -- Returns {seq1, envelope1, seq2, envelope2, ...}.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -14,7 +15,7 @@ for _, m in ipairs(expired) do
   redis.call('HDEL', KEYS[3], m)
 end
 local n = tonumber(ARGV[2])
-if n <= 0 then return {} end
+if n <= 0 or redis.call('EXISTS', KEYS[5]) == 1 then return {} end
 local popped = redis.call('ZPOPMIN', KEYS[1], n)
 local deadline = string.format('%.0f', now + tonumber(ARGV[1]))
 local out = {}

@@ -1,5 +1,5 @@
 -- Hand off N payloads atomically: rate limits, sequence numbers, raw payloads, ready entries.
--- KEYS[1] seq counter, KEYS[2] ready zset, KEYS[3] payloads hash
+-- KEYS[1] seq counter, KEYS[2] ready zset, KEYS[3] payloads hash, KEYS[4] stats key prefix
 -- ARGV[1] rate-key prefix, ARGV[2] per-key limit/s, ARGV[3] per-address limit/s,
 -- ARGV[4] priority limit, ARGV[5] seq span, ARGV[6] n,
 -- then per payload: priority, key_id, client address, envelope.
@@ -21,6 +21,7 @@ local function over(name, limit)
 end
 
 local out = {}
+local accepted = 0
 for i = 0, n - 1 do
   local b = 7 + i * 4
   local prio = tonumber(ARGV[b])
@@ -35,6 +36,12 @@ for i = 0, n - 1 do
     redis.call('HSET', KEYS[3], seq, ARGV[b + 3])
     redis.call('ZADD', KEYS[2], string.format('%.0f', (plimit - prio) * span + seq), seq)
     out[#out + 1] = seq
+    accepted = accepted + 1
   end
+end
+if accepted > 0 then
+  local stats = KEYS[4] .. second
+  redis.call('HINCRBY', stats, 'received', accepted)
+  redis.call('EXPIRE', stats, 1200)
 end
 return out

@@ -137,3 +137,10 @@ FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::te
   AS t (receipt_id, entity_id, seq, reference, source_id, state, code, reason, warnings,
         received_at, stored_at, order_id)
 ON CONFLICT (receipt_id) DO NOTHING;
+
+-- name: batch_insert_events
+INSERT INTO order_events (entity_id, order_id, reference, source_id, type, version, priority, data, created_at)
+SELECT entity_id, order_id, reference, source_id, type, version, priority, data::jsonb, created_at
+FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::integer[],
+            $7::integer[], $8::text[], $9::timestamptz[])
+  AS t (entity_id, order_id, reference, source_id, type, version, priority, data, created_at);

@@ -84,7 +84,11 @@ class DevProcess:
                 left = deadline - time.monotonic()
                 if self._eof or left <= 0:
                     code = self.proc.poll()
-                    why = f"exited with {code}" if code is not None else f"no {text!r} in {timeout:.0f} s"
+                    why = (
+                        f"exited with {code}"
+                        if code is not None
+                        else f"no {text!r} in {timeout:.0f} s"
+                    )
                     raise AssertionError(f"orderflow dev {why}; output:\n" + "\n".join(self.lines))
                 self._cond.wait(min(left, 0.5))
             return "\n".join(self.lines)
@@ -205,8 +209,11 @@ def _wait_gone(check: Any, grace: float = 5.0) -> Any:
 
 def _curl_lines(output: str) -> tuple[list[str], list[str]]:
     """The POST and GET curl commands the banner printed, as argv lists."""
-    commands = [shlex.split(line.strip()) for line in output.splitlines()
-                if line.strip().startswith("curl ")]
+    commands = [
+        shlex.split(line.strip())
+        for line in output.splitlines()
+        if line.strip().startswith("curl ")
+    ]
     posts = [c for c in commands if "POST" in c]
     gets = [c for c in commands if "POST" not in c]
     assert len(posts) == 1 and len(gets) == 1, f"expected one POST and one GET curl line:\n{output}"
@@ -241,11 +248,14 @@ def _round_trip(prefix: list[str], output: str) -> dict[str, Any]:
     assert answer["data"]["reference"] == reference
 
     attempts = 0
+    order: dict[str, Any] = {}
     while True:
         sent = time.monotonic()
         if sent - accepted > READ_DEADLINE_S:
-            raise AssertionError(f"GET did not answer 200 within {READ_DEADLINE_S} s of the 202"
-                                 f" ({attempts} tries; last {status}: {order})")
+            raise AssertionError(
+                f"GET did not answer 200 within {READ_DEADLINE_S} s of the 202"
+                f" ({attempts} tries; last {status}: {order})"
+            )
         attempts += 1
         status, order = _curl(prefix, get)
         if status == 200:
@@ -256,8 +266,11 @@ def _round_trip(prefix: list[str], output: str) -> dict[str, Any]:
     assert order["status"] == "success"
     assert order["data"]["reference"] == reference
     assert len(order["data"]["items"]) == 2
-    return {"readable_after_s": readable_after, "get_attempts": attempts,
-            "receipt_id": answer["data"]["receipt_id"]}
+    return {
+        "readable_after_s": readable_after,
+        "get_attempts": attempts,
+        "receipt_id": answer["data"]["receipt_id"],
+    }
 
 
 def _stop(dev: DevProcess) -> float:
@@ -267,7 +280,9 @@ def _stop(dev: DevProcess) -> float:
     try:
         code = dev.proc.wait(STOP_TIMEOUT_S)
     except subprocess.TimeoutExpired:
-        raise AssertionError(f"still running {STOP_TIMEOUT_S:.0f} s after Ctrl-C:\n{dev.output}") from None
+        raise AssertionError(
+            f"still running {STOP_TIMEOUT_S:.0f} s after Ctrl-C:\n{dev.output}"
+        ) from None
     took = time.monotonic() - sent
     dev._reader.join(10)
     assert code == 0, f"exit code {code}:\n{dev.output}"
@@ -291,17 +306,36 @@ def test_make_run_with_no_services_anywhere(data_dir: pathlib.Path) -> None:
     missing = [name for name, path in tools.items() if path is None]
     if missing:
         pytest.skip(f"needs {', '.join(missing)}")
-    probe = subprocess.run([tools["unshare"], "-n", "true"],  # type: ignore[list-item]
-                           capture_output=True, text=True, timeout=10, check=False)
+    probe = subprocess.run(
+        [tools["unshare"], "-n", "true"],  # type: ignore[list-item]
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=False,
+    )
     if probe.returncode != 0:
         pytest.skip(f"`unshare -n` is not permitted here: {probe.stderr.strip()}")
 
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("ORDERFLOW_DATABASE_URL", "ORDERFLOW_REDIS_URL")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("ORDERFLOW_DATABASE_URL", "ORDERFLOW_REDIS_URL")
+    }
     port = free_port()
     # unshare and sh exec: the pid we get is the `orderflow dev` process itself
-    argv = [tools["unshare"], "-n", "sh", "-c", f'{tools["ip"]} link set lo up && exec "$0" "$@"',
-            ORDERFLOW, "dev", "--data-dir", str(data_dir), "--port", str(port)]
+    argv = [
+        tools["unshare"],
+        "-n",
+        "sh",
+        "-c",
+        f'{tools["ip"]} link set lo up && exec "$0" "$@"',
+        ORDERFLOW,
+        "dev",
+        "--data-dir",
+        str(data_dir),
+        "--port",
+        str(port),
+    ]
     dev = DevProcess(argv, env)  # type: ignore[arg-type]
     try:
         output = dev.wait_for_line(BANNER_END, BANNER_TIMEOUT_S)
@@ -325,19 +359,27 @@ def test_make_run_with_no_services_anywhere(data_dir: pathlib.Path) -> None:
     assert not left, [f"{pid} {_describe(pid)}" for pid, _ in left]
     left = _wait_gone(lambda: _processes(data_dir, netns))
     assert not left, left
-    print(f"\n[dev, embedded, cold] start to banner {to_banner:.1f} s (dev says {_started_in(output)} s);"
-          f" GET 200 {trip['readable_after_s'] * 1000:.0f} ms after the 202"
-          f" ({trip['get_attempts']} tries); Ctrl-C to exit {stop_s:.1f} s")
+    print(
+        f"\n[dev, embedded, cold] start to banner {to_banner:.1f} s (dev says {_started_in(output)} s);"
+        f" GET 200 {trip['readable_after_s'] * 1000:.0f} ms after the 202"
+        f" ({trip['get_attempts']} tries); Ctrl-C to exit {stop_s:.1f} s"
+    )
 
 
 def test_make_run_uses_configured_services(data_dir: pathlib.Path) -> None:
     """ORDERFLOW_DATABASE_URL/REDIS_URL set: those are used, nothing embedded starts, curl works."""
-    if not (port_is_open(*_host_port(PG_BASE, 5432)) and port_is_open(*_host_port(REDIS_URL, 6379))):
+    if not (
+        port_is_open(*_host_port(PG_BASE, 5432)) and port_is_open(*_host_port(REDIS_URL, 6379))
+    ):
         pytest.skip(f"needs the system PostgreSQL ({PG_BASE}) and Redis ({REDIS_URL})")
     name = f"orderflow_dev_{uuid.uuid4().hex[:12]}"
     prefix = f"tdev{uuid.uuid4().hex[:12]}"
-    env = {**os.environ, "ORDERFLOW_DATABASE_URL": f"{PG_BASE}/{name}",
-           "ORDERFLOW_REDIS_URL": REDIS_URL, "ORDERFLOW_REDIS_PREFIX": prefix}
+    env = {
+        **os.environ,
+        "ORDERFLOW_DATABASE_URL": f"{PG_BASE}/{name}",
+        "ORDERFLOW_REDIS_URL": REDIS_URL,
+        "ORDERFLOW_REDIS_PREFIX": prefix,
+    }
     port = free_port()
     dev = DevProcess([ORDERFLOW, "dev", "--data-dir", str(data_dir), "--port", str(port)], env)
     try:
@@ -372,9 +414,11 @@ def test_make_run_uses_configured_services(data_dir: pathlib.Path) -> None:
     left = _wait_gone(lambda: [p for p in started if _alive(*p)])
     assert not left, [f"{pid} {_describe(pid)}" for pid, _ in left]
     assert not _processes(data_dir)
-    print(f"\n[dev, configured services] start to banner {to_banner:.1f} s"
-          f" (dev says {_started_in(output)} s); GET 200 {trip['readable_after_s'] * 1000:.0f} ms"
-          f" after the 202 ({trip['get_attempts']} tries); Ctrl-C to exit {stop_s:.1f} s")
+    print(
+        f"\n[dev, configured services] start to banner {to_banner:.1f} s"
+        f" (dev says {_started_in(output)} s); GET 200 {trip['readable_after_s'] * 1000:.0f} ms"
+        f" after the 202 ({trip['get_attempts']} tries); Ctrl-C to exit {stop_s:.1f} s"
+    )
 
 
 def _host_port(url: str, default: int) -> tuple[str, int]:
@@ -385,7 +429,8 @@ def _host_port(url: str, default: int) -> tuple[str, int]:
 async def _entity_name(dsn: str, entity_id: str) -> str | None:
     conn = await asyncpg.connect(dsn, timeout=5)
     try:
-        return await conn.fetchval("SELECT name FROM entities WHERE entity_id = $1", entity_id)
+        name = await conn.fetchval("SELECT name FROM entities WHERE entity_id = $1", entity_id)
+        return None if name is None else str(name)
     finally:
         await conn.close()
 

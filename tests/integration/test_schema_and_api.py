@@ -42,6 +42,10 @@ EXPECTED = {
                  "stored_at": "timestamp with time zone", "order_id": "bigint"},
     "order_versions": {"order_id": "bigint", "version": "integer", "seq": "bigint",
                        "at": "timestamp with time zone", "receipt_id": "text", "changes": "jsonb"},
+    "order_events": {"event_id": "bigint", "entity_id": "text", "order_id": "bigint", "reference": "text",
+                     "source_id": "text", "type": "text", "version": "integer", "priority": "integer",
+                     "data": "jsonb", "created_at": "timestamp with time zone",
+                     "dispatched_at": "timestamp with time zone"},
     "schema_migrations": {"version": "integer", "name": "text", "applied_at": "timestamp with time zone"},
 }
 

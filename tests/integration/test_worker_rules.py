@@ -182,3 +182,33 @@ async def test_hand_back_restores_the_place(consumer, tenant):
     assert await consumer.queue.hand_back([seq for seq, _ in claimed]) == 1
     again = await consumer.queue.claim(1, 30)
     assert again[0][0] == claimed[0][0]
+
+
+async def test_changes_write_outbox_events_in_the_same_transaction(consumer, tenant, pool):
+    f = await feeder(consumer, tenant)
+    await f.put(order_body("E1")["payload"])
+    await f.put(order_body("E1")["payload"])  # identical: emits nothing
+    await f.put(order_body("E1", status="1")["payload"])
+    await f.put(order_body("E1", source_id="ebay")["payload"])
+    await consumer.drain()
+    rows = await pool.fetch("SELECT type, version, source_id, data FROM order_events ORDER BY event_id")
+    assert [(r["type"], r["version"]) for r in rows] == [
+        ("order.created", 1), ("order.updated", 2), ("order.released", 2), ("order.rejected", 2)]
+    assert rows[2]["data"]["state"] == "released" and rows[2]["data"]["source_id"] == "mage2"
+    assert rows[3]["source_id"] == "ebay" and "'mage2'" in rows[3]["data"]["reason"]
+
+
+async def test_paused_queue_claims_nothing_and_counts_live(consumer, tenant, pool, redis):
+    f = await feeder(consumer, tenant)
+    await consumer.queue.pause(True)
+    await f.put(order_body("Q1", status="1")["payload"])
+    assert await consumer.queue.is_paused()
+    assert await consumer.run_once() == 0
+    assert await consumer.queue.depth() == {"ready": 1, "leased": 0}
+    await consumer.queue.pause(False)
+    assert await consumer.drain() == 1
+    totals: dict[str, int] = {}
+    async for key in redis.scan_iter(match=consumer.queue.keys.stats + "*"):
+        for name, n in (await redis.hgetall(key)).items():
+            totals[name.decode()] = totals.get(name.decode(), 0) + int(n)
+    assert totals == {"received": 1, "stored": 1, "released": 1}
