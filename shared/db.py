@@ -16,11 +16,20 @@ _MIGRATE_LOCK = 0x0F_DE_F1_0E
 
 
 def load_queries(text: str | None = None) -> dict[str, str]:
-    """Split queries.sql into named blocks (`-- name: foo`)."""
+    """Named blocks (`-- name: foo`) of every shared/sql/*.sql file (one file per domain)."""
     if text is None:
-        text = resources.files("shared.sql").joinpath("queries.sql").read_text()
+        files = sorted(
+            (e for e in resources.files("shared.sql").iterdir() if e.name.endswith(".sql")),
+            key=lambda e: e.name,
+        )
+        text = "\n".join(e.read_text() for e in files)
     parts = _BLOCK.split(text)
-    return {name: body.strip() for name, body in zip(parts[1::2], parts[2::2], strict=True)}
+    queries: dict[str, str] = {}
+    for name, body in zip(parts[1::2], parts[2::2], strict=True):
+        if name in queries:
+            raise ValueError(f"query {name!r} is defined twice")
+        queries[name] = body.strip()
+    return queries
 
 
 QUERIES = load_queries()
