@@ -36,6 +36,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     lease_s: float = 30.0
     # How long the worker waits on an empty ready set before looking again.
     idle_poll_s: float = 0.05
+    # Release scheduler: how often it looks for due orders, and how many it releases per transaction.
+    release_poll_s: float = 0.25
+    release_batch: int = 500
+    # Off (0) by default: an order that waited this long jumps ahead of higher priorities,
+    # so low priorities cannot starve under endless load (ingest queue and release).
+    priority_aging_s: float = 0.0
     log_level: str = "INFO"
     log_format: str = "auto"  # auto | json | console
     host: str = "127.0.0.1"

@@ -221,6 +221,7 @@ async def _plan_and_write(
     versions: list[tuple[tuple[str, str], int, int, str, list[str]]] = []
     new_products: dict[tuple[str, str], tuple[str, Any, str]] = {}
     events: list[Event] = []
+    touched: dict[tuple[str, str], set[str]] = {}
 
     for item in prepared:
         order = item.order
@@ -249,7 +250,9 @@ async def _plan_and_write(
         changes: list[str] = ["*"]
         if cur is not None:
             changed = changed_fields(cur.document, document)
-            effective = "released" if cur.released_at is not None and cur.state != "shipped" else cur.state
+            effective = cur.state
+            if cur.released_at is not None and cur.state not in ("shipped", "cancelled"):
+                effective = "released"  # held after release: still only addresses, status, priority
             refusal = refuse_change(effective, changed, order.status)
             if refusal:
                 receipts.append(_receipt(item, now, "rejected", 422, refusal, key))
@@ -271,6 +274,7 @@ async def _plan_and_write(
                       cur.stored_at if cur else now)
         current[key] = nxt
         writes[key] = (item, nxt)
+        touched.setdefault(key, set()).update(changes)
         bumps.pop(key, None)
         versions.append((key, version, item.seq, item.receipt_id, changes))
         stored = _receipt(item, now, "stored", 200, None, key)
@@ -288,7 +292,7 @@ async def _plan_and_write(
         await conn.execute(QUERIES["batch_create_products"], [e for e, _ in ks], [s for _, s in ks],
                            [new_products[k][0] for k in ks], [new_products[k][1] for k in ks],
                            [new_products[k][2] for k in ks])
-    order_ids = await _write_orders(conn, writes, now)
+    order_ids = await _write_orders(conn, writes, touched, now)
     for key, cur in current.items():
         if cur.order_id is None and key in order_ids:
             cur.order_id = order_ids[key]
@@ -315,7 +319,8 @@ async def _plan_and_write(
 
 
 async def _write_orders(
-    conn: asyncpg.Connection, writes: dict[tuple[str, str], tuple[Prepared, Current]], now: dt.datetime
+    conn: asyncpg.Connection, writes: dict[tuple[str, str], tuple[Prepared, Current]],
+    touched: dict[tuple[str, str], set[str]], now: dt.datetime,
 ) -> dict[tuple[str, str], int]:
     if not writes:
         return {}
@@ -333,20 +338,29 @@ async def _write_orders(
     ids = {(r["entity_id"], r["reference"]): r["order_id"] for r in rows}
     if len(ids) != len(writes):
         raise BatchRace("an order was written by another worker meanwhile")
-    await conn.execute(QUERIES["batch_clear_children"], list(ids.values()))
+    # Rewrite lines and addresses only where they changed: shipped quantities live on the lines.
+    line_keys = [k for k in writes if touched[k] & {"*", "items"}]
+    address_keys = [k for k in writes if touched[k] & {"*", "billing", "shipping"}]
+    if line_keys:
+        await conn.execute(QUERIES["batch_clear_lines"], [ids[k] for k in line_keys])
+    if address_keys:
+        await conn.execute(QUERIES["batch_clear_addresses"], [ids[k] for k in address_keys])
     lines, addresses = [], []
-    for key, (item, _) in writes.items():
-        o = item.order
+    for key in line_keys:
+        o = writes[key][0].order
         assert o is not None
-        oid = ids[key]
         for n, line in enumerate(o.items, start=1):
-            lines.append((oid, n, line.sku, line.qty, line.description, line.weight, line.reference,
+            lines.append((ids[key], n, line.sku, line.qty, line.description, line.weight, line.reference,
                           line.unit_price, line.is_kit, line.allocation_type, line.cost,
                           line.custom_options, line.packing))
+    for key in address_keys:
+        o = writes[key][0].order
+        assert o is not None
         for kind, address in (("billing", o.billing), ("shipping", o.shipping)):
             if address is not None:
-                addresses.append((oid, kind, *(getattr(address, f) for f in ADDRESS_COLUMNS)))
-    await conn.copy_records_to_table("order_lines", records=lines, columns=LINE_COLUMNS)
+                addresses.append((ids[key], kind, *(getattr(address, f) for f in ADDRESS_COLUMNS)))
+    if lines:
+        await conn.copy_records_to_table("order_lines", records=lines, columns=LINE_COLUMNS)
     if addresses:
         await conn.copy_records_to_table("addresses", records=addresses, columns=("order_id", "kind", *ADDRESS_COLUMNS))
     return ids

@@ -43,6 +43,8 @@ def refuse_change(state: str, changed: frozenset[str], new_status: int) -> str |
     """Why a change to an order in `state` is refused, or None when it may be applied."""
     if state == "shipped":
         return "the order is shipped: no further changes are accepted"
+    if state == "cancelled":
+        return "the order is cancelled: no further changes are accepted"
     if state == "released":
         locked = sorted(changed - CHANGEABLE_AFTER_RELEASE)
         if locked:

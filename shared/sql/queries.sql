@@ -114,8 +114,10 @@ UPDATE orders o SET seq = t.seq
 FROM unnest($1::bigint[], $2::bigint[]) AS t (order_id, seq)
 WHERE o.order_id = t.order_id AND o.seq < t.seq;
 
--- name: batch_clear_children
-WITH gone_lines AS (DELETE FROM order_lines WHERE order_id = ANY($1::bigint[]))
+-- name: batch_clear_lines
+DELETE FROM order_lines WHERE order_id = ANY($1::bigint[]);
+
+-- name: batch_clear_addresses
 DELETE FROM addresses WHERE order_id = ANY($1::bigint[]);
 
 -- name: batch_insert_versions
