@@ -11,6 +11,7 @@ from ingest.auth import KeyCache
 from ingest.handoff import HandoffCoalescer
 from ingest.keys import CACHE, HANDOFF, POOL, QUEUE, REDIS, SETTINGS
 from ingest.routes import routes
+from ingest.shipments import routes as shipment_routes
 from shared.db import create_pool
 from shared.queue import IngestQueue
 from shared.settings import Settings
@@ -39,6 +40,7 @@ def create_app(settings: Settings | None = None) -> web.Application:
     app[SETTINGS] = settings
     app.cleanup_ctx.append(_resources)
     app.add_routes(routes)
+    app.add_routes(shipment_routes)
     return app
 
 

@@ -9,7 +9,16 @@ import msgspec
 
 from shared.db import QUERIES
 from shared.queue import IngestQueue, seq_of_receipt, split_envelope
-from shared.schemas import Address, LineOut, OrderOut, Problem, Receipt, VersionOut, header_decoder
+from shared.schemas import (
+    Address,
+    LineOut,
+    OrderOut,
+    Problem,
+    Receipt,
+    ShipmentOut,
+    VersionOut,
+    header_decoder,
+)
 
 
 async def load_receipt(pool: asyncpg.Pool, queue: IngestQueue, rid: str, entity_id: str) -> Receipt | None:
@@ -44,6 +53,7 @@ async def load_order(pool: asyncpg.Pool, entity_id: str, reference: str) -> Orde
         lines = await conn.fetch(QUERIES["order_lines"], oid)
         addresses = {r["kind"]: r for r in await conn.fetch(QUERIES["order_addresses"], oid)}
         versions = await conn.fetch(QUERIES["order_versions"], oid)
+        shipments = await conn.fetch(QUERIES["shipments_of_order"], oid)
 
     def address(kind: str) -> Address | None:
         r = addresses.get(kind)
@@ -62,4 +72,6 @@ async def load_order(pool: asyncpg.Pool, entity_id: str, reference: str) -> Orde
         shipping=address("shipping"),
         items=[LineOut(**dict(r)) for r in lines],
         versions=[VersionOut(**dict(r)) for r in versions],
+        shipments=[ShipmentOut(shipment_id=r["external_id"], partial=r["partial"],
+                               shipped_at=r["shipped_at"], lines=r["lines"]) for r in shipments],
     )

@@ -14,13 +14,14 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from ingest.auth import Caller, Unauthorized
-from ingest.handoff import RateLimited
+from ingest.handoff import OrderShipped, RateLimited
 from ingest.keys import CACHE, HANDOFF, POOL, QUEUE, REDIS, SETTINGS
 from ingest.openapi import openapi_document
 from ingest.reads import load_order, load_receipt
 from ingest.responses import failure, problem, success
 from shared.logging import get_logger
 from shared.queue import make_envelope, receipt_id
+from shared.redis_keys import shipped_member
 from shared.rules.order import OrderInvalid, normalize_order, parse_request, unknown_fields
 from shared.schemas import EnqueueAccepted, Header, Problem, json_decoder, json_encoder
 from shared.zones import zone_named
@@ -28,11 +29,11 @@ from shared.zones import zone_named
 log = get_logger(__name__)
 routes = web.RouteTableDef()
 _BYTE = re.compile(r"\(byte (\d+)\)")
-_AT = re.compile(r" - at `(\$[^`]*)`$")
+VALIDATION_AT = re.compile(r" - at `(\$[^`]*)`$")
 WRITE_RIGHT = "orders:write"
 
 
-async def _read_body(request: web.Request) -> bytes | web.Response:
+async def read_body(request: web.Request) -> bytes | web.Response:
     limit = request.app[SETTINGS].max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         return problem(413, "$", f"body is larger than the limit of {limit} bytes")
@@ -52,7 +53,7 @@ def _credentials(request: web.Request, body: dict[str, Any] | None) -> tuple[str
     return key, entity
 
 
-async def _authenticate(request: web.Request, body: dict[str, Any] | None) -> Caller | web.Response:
+async def authenticate(request: web.Request, body: dict[str, Any] | None) -> Caller | web.Response:
     key, entity = _credentials(request, body)
     try:
         return await request.app[CACHE].authenticate(key, entity)
@@ -67,7 +68,7 @@ def _client_address(request: web.Request) -> str:
 @routes.post("/api/v1/order/enqueue")
 async def enqueue(request: web.Request) -> web.Response:
     """Authenticate, validate the whole order, hand it to Redis, answer 202 with a receipt."""
-    raw = await _read_body(request)
+    raw = await read_body(request)
     if isinstance(raw, web.Response):
         return raw
     try:
@@ -78,7 +79,7 @@ async def enqueue(request: web.Request) -> web.Response:
         return problem(400, "$", f"not valid JSON: {exc}", data={"byte_offset": offset})
     if not isinstance(body, dict):
         return problem(422, "$", "expected a JSON object")
-    caller = await _authenticate(request, body)
+    caller = await authenticate(request, body)
     if isinstance(caller, web.Response):
         return caller
     if WRITE_RIGHT not in caller.rights:
@@ -88,9 +89,9 @@ async def enqueue(request: web.Request) -> web.Response:
         order, rule_warnings = normalize_order(typed.payload, zone_named(caller.timezone))
     except msgspec.ValidationError as exc:
         text = str(exc)
-        match = _AT.search(text)
+        match = VALIDATION_AT.search(text)
         loc = match.group(1) if match else "$"
-        return problem(422, loc, _AT.sub("", text))
+        return problem(422, loc, VALIDATION_AT.sub("", text))
     except OrderInvalid as exc:
         return failure(422, exc.errors)
     if caller.source_ids is not None and order.source_id not in caller.source_ids:
@@ -105,7 +106,11 @@ async def enqueue(request: web.Request) -> web.Response:
     # Only the payload goes to Redis: the access key stays out of the queue.
     envelope = make_envelope(json_encoder.encode(header), json_encoder.encode(body["payload"]))
     try:
-        seq = await request.app[HANDOFF].submit(order.priority, caller.key_id, _client_address(request), envelope)
+        seq = await request.app[HANDOFF].submit(order.priority, caller.key_id, _client_address(request),
+                                                envelope, shipped_member(caller.entity_id, order.reference))
+    except OrderShipped:
+        return problem(422, "$.payload.reference",
+                       f"order {order.reference!r} is shipped: no further changes are accepted")
     except RateLimited:
         return problem(429, "$", "rate limit exceeded; retry after the time in Retry-After",
                        headers={"Retry-After": "1"})
@@ -122,7 +127,7 @@ async def enqueue(request: web.Request) -> web.Response:
 @routes.get("/api/v1/order/receipts/{receipt_id}")
 async def get_receipt(request: web.Request) -> web.Response:
     """queued, stored, superseded or rejected, with the reason."""
-    caller = await _authenticate(request, None)
+    caller = await authenticate(request, None)
     if isinstance(caller, web.Response):
         return caller
     receipt = await load_receipt(request.app[POOL], request.app[QUEUE], request.match_info["receipt_id"], caller.entity_id)
@@ -134,7 +139,7 @@ async def get_receipt(request: web.Request) -> web.Response:
 @routes.get("/api/v1/order/{reference}")
 async def get_order(request: web.Request) -> web.Response:
     """The stored order with its state, release time and versions."""
-    caller = await _authenticate(request, None)
+    caller = await authenticate(request, None)
     if isinstance(caller, web.Response):
         return caller
     order = await load_order(request.app[POOL], caller.entity_id, request.match_info["reference"])

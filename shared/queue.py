@@ -60,12 +60,17 @@ class IngestQueue:
         *,
         per_key: int = 0,
         per_address: int = 0,
+        shipped: Sequence[str] | None = None,
     ) -> list[int]:
-        """Store (priority, key_id, address, envelope) items; seq per item, -1 if rate-limited."""
+        """Store (priority, key_id, address, envelope) items: seq per item, -1 rate-limited, -2 shipped.
+
+        `shipped` gives each item's shipped-set member (shared.redis_keys.shipped_member)
+        to refuse changes to shipped orders; '' or None skips the check.
+        """
         args: list[Any] = [self.keys.rate, per_key, per_address, PRIORITY_LIMIT, SEQ_SPAN, len(items)]
-        for priority, key_id, address, envelope in items:
-            args += [priority, key_id, address, envelope]
-        keys = [self.keys.seq, self.keys.ready, self.keys.payloads, self.keys.stats]
+        for i, (priority, key_id, address, envelope) in enumerate(items):
+            args += [priority, key_id, address, shipped[i] if shipped else "", envelope]
+        keys = [self.keys.seq, self.keys.ready, self.keys.payloads, self.keys.stats, self.keys.shipped]
         result = await self._enqueue(keys=keys, args=args)
         return [int(x) for x in result]
 
@@ -92,6 +97,10 @@ class IngestQueue:
                     pipe.hincrby(stats_key, name, n)
             pipe.expire(stats_key, STATS_TTL_S)
             await pipe.execute()
+
+    async def mark_shipped(self, member: str) -> None:
+        """Remember that an order shipped, so the receiver refuses further changes at once."""
+        await self.redis.zadd(self.keys.shipped, {member: time.time()})
 
     async def pause(self, paused: bool) -> None:
         """Stop or resume claiming; the receiver keeps accepting."""

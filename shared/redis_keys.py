@@ -21,6 +21,9 @@ class RedisKeys(NamedTuple):
     heartbeat: str  # prefix for worker heartbeats
     paused: str  # exists while ingest consumption is paused (the receiver keeps answering 202)
     stats: str  # prefix for per-second HASHes of live counters (received, stored, ...)
+    # ZSET "entity_id<US>reference" -> shipped time: lets the receiver refuse changes to a
+    # shipped order with a 422 without asking PostgreSQL (the worker still checks).
+    shipped: str
 
     @classmethod
     def for_prefix(cls, prefix: str) -> RedisKeys:
@@ -36,6 +39,7 @@ class RedisKeys(NamedTuple):
             heartbeat=f"{tag}:heartbeat:",
             paused=f"{tag}:paused",
             stats=f"{tag}:stats:",
+            shipped=f"{tag}:shipped",
         )
 
 
@@ -53,3 +57,8 @@ def ready_score(priority: int, seq: int) -> int:
 
 # live counters are kept this long (the dashboard charts the last 15 minutes)
 STATS_TTL_S = 20 * 60
+
+
+def shipped_member(entity_id: str, reference: str) -> str:
+    """Member of the shipped set for one order."""
+    return f"{entity_id}\x1f{reference}"

@@ -227,9 +227,10 @@ class VersionOut(Base, kw_only=True):
 
 
 class LineOut(Line, kw_only=True):
-    """A stored line with its position."""
+    """A stored line with its position and how much of it has shipped."""
 
     line_no: int
+    qty_shipped: int = 0
 
 
 class OrderOut(Base, kw_only=True):
@@ -258,6 +259,42 @@ class OrderOut(Base, kw_only=True):
     shipping: Address | None
     items: list[LineOut]
     versions: list[VersionOut]
+    shipments: list[ShipmentOut] = []
+
+
+class ShipmentLineIn(Base, kw_only=True):
+    """One shipped line: by line_no (from GET) or by sku when it is unique in the order."""
+
+    line_no: int | None = None
+    sku: str | None = None
+    qty: Annotated[int, Meta(gt=0)]
+
+
+class ShipmentRequest(Base, kw_only=True):
+    """POST /api/v1/order/{reference}/shipments body."""
+
+    access_key: str | None = None
+    entity_id: str | None = None
+    # the client's id for this shipment: posting it again records nothing new
+    shipment_id: str | None = None
+    lines: Annotated[list[ShipmentLineIn], Meta(min_length=1)]
+
+
+class ShipmentOut(Base, kw_only=True):
+    """A recorded shipment."""
+
+    shipment_id: str | None
+    partial: bool
+    shipped_at: dt.datetime
+    lines: list[dict[str, int]]
+
+
+class ShipmentAccepted(Base, kw_only=True):
+    """The answer to a recorded shipment: what shipped and where the order stands."""
+
+    shipment: ShipmentOut
+    order_state: State
+    items: list[dict[str, Any]]
 
 
 class Envelope(Base, kw_only=True, omit_defaults=True):

@@ -14,10 +14,11 @@ from collections.abc import Callable
 import asyncpg
 
 from shared.db import QUERIES
+from shared.events import Event, write_events
 from shared.logging import get_logger
 from shared.redis_keys import STATS_TTL_S
 from shared.settings import Settings
-from worker.store import Current, Event, event_data, write_events
+from worker.store import Current, event_data
 
 log = get_logger(__name__)
 Clock = Callable[[], dt.datetime]

@@ -17,6 +17,7 @@ import asyncpg
 import msgspec
 
 from shared.db import QUERIES
+from shared.events import TRANSITION_EVENTS, Event, order_event_data, write_events
 from shared.logging import get_logger
 from shared.queue import receipt_id, split_envelope
 from shared.rules.lifecycle import changed_fields, place, refuse_change
@@ -137,39 +138,11 @@ async def store_batch(
     raise BatchRace("batch kept racing with another worker")
 
 
-TRANSITION_EVENTS = {"released": "order.released", "held": "order.held", "cancelled": "order.cancelled",
-                     "shipped": "order.shipped"}
-
-
-@dataclasses.dataclass
-class Event:
-    """One outbox row: what happened to which order, at which version."""
-
-    key: tuple[str, str]
-    source_id: str
-    type: str
-    version: int
-    priority: int
-    data: dict[str, Any]
-
-
 def event_data(cur: Current, priority: int, status: int) -> dict[str, Any]:
-    """The order as stored, with its state, source and per-order version."""
-    return {**cur.document, "state": cur.state, "status": status, "priority": priority,
-            "release_at": cur.release_at, "released_at": cur.released_at,
-            "source_id": cur.source_id, "version": cur.version}
-
-
-async def write_events(conn: asyncpg.Connection, events: list[Event],
-                       ids: dict[tuple[str, str], int | None], now: dt.datetime) -> None:
-    """Outbox rows, in the caller's transaction."""
-    if not events:
-        return
-    await conn.execute(
-        QUERIES["batch_insert_events"], [e.key[0] for e in events], [ids.get(e.key) for e in events],
-        [e.key[1] for e in events], [e.source_id for e in events], [e.type for e in events],
-        [e.version for e in events], [e.priority for e in events], [_json(e.data) for e in events],
-        [now] * len(events))
+    """The order as stored at `cur`, for an outbox row."""
+    return order_event_data(cur.document, state=cur.state, status=status, priority=priority,
+                            release_at=cur.release_at, released_at=cur.released_at,
+                            source_id=cur.source_id, version=cur.version)
 
 
 def _json(value: Any) -> str:

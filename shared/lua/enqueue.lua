@@ -1,9 +1,11 @@
 -- Hand off N payloads atomically: rate limits, sequence numbers, raw payloads, ready entries.
--- KEYS[1] seq counter, KEYS[2] ready zset, KEYS[3] payloads hash, KEYS[4] stats key prefix
+-- KEYS[1] seq counter, KEYS[2] ready zset, KEYS[3] payloads hash, KEYS[4] stats key prefix,
+-- KEYS[5] shipped zset
 -- ARGV[1] rate-key prefix, ARGV[2] per-key limit/s, ARGV[3] per-address limit/s,
 -- ARGV[4] priority limit, ARGV[5] seq span, ARGV[6] n,
--- then per payload: priority, key_id, client address, envelope.
--- Returns one entry per payload: its seq, or -1 when over a rate limit (nothing stored).
+-- then per payload: priority, key_id, client address, shipped-set member ('' = no check), envelope.
+-- Returns one entry per payload: its seq, -1 when over a rate limit, -2 when the order is
+-- shipped (nothing stored for either).
 local prefix = ARGV[1]
 local per_key = tonumber(ARGV[2])
 local per_addr = tonumber(ARGV[3])
@@ -23,17 +25,19 @@ end
 local out = {}
 local accepted = 0
 for i = 0, n - 1 do
-  local b = 7 + i * 4
+  local b = 7 + i * 5
   local prio = tonumber(ARGV[b])
   local refused = over('k:' .. ARGV[b + 1], per_key)
   if over('a:' .. ARGV[b + 2], per_addr) then refused = true end
   if refused then
     out[#out + 1] = -1
+  elseif ARGV[b + 3] ~= '' and redis.call('ZSCORE', KEYS[5], ARGV[b + 3]) then
+    out[#out + 1] = -2
   else
     local seq = redis.call('INCR', KEYS[1])
     if prio > plimit then prio = plimit end
     if prio < -plimit then prio = -plimit end
-    redis.call('HSET', KEYS[3], seq, ARGV[b + 3])
+    redis.call('HSET', KEYS[3], seq, ARGV[b + 4])
     redis.call('ZADD', KEYS[2], string.format('%.0f', (plimit - prio) * span + seq), seq)
     out[#out + 1] = seq
     accepted = accepted + 1

@@ -23,8 +23,8 @@ RETURNING o.order_id, o.entity_id, o.reference, o.source_id, o.version, o.priori
 SELECT min(release_at) FROM orders WHERE state = 'scheduled';
 
 -- name: shipment_order_lock
-SELECT order_id, state, status, flag_partial, cod_amount, partial_shipments, version, priority,
-       source_id, document, release_at, released_at
+SELECT order_id, entity_id, reference, state, status, flag_partial, cod_amount, partial_shipments,
+       version, priority, source_id, document, release_at, released_at
 FROM orders WHERE entity_id = $1 AND reference = $2
 FOR UPDATE;
 
@@ -32,7 +32,7 @@ FOR UPDATE;
 SELECT line_no, sku, qty, qty_shipped FROM order_lines WHERE order_id = $1 ORDER BY line_no;
 
 -- name: shipment_find
-SELECT shipment_id, partial, shipped_at FROM shipments WHERE order_id = $1 AND external_id = $2;
+SELECT shipment_id, external_id, partial, shipped_at FROM shipments WHERE order_id = $1 AND external_id = $2;
 
 -- name: shipment_insert
 INSERT INTO shipments (order_id, external_id, partial, shipped_at)

@@ -41,8 +41,8 @@ FROM orders
 WHERE entity_id = $1 AND reference = $2;
 
 -- name: order_lines
-SELECT line_no, sku, qty, description, weight, reference, unit_price, is_kit, allocation_type,
-       cost, custom_options, packing
+SELECT line_no, sku, qty, qty_shipped, description, weight, reference, unit_price, is_kit,
+       allocation_type, cost, custom_options, packing
 FROM order_lines WHERE order_id = $1 ORDER BY line_no;
 
 -- name: order_addresses
