@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-import redis.asyncio as aioredis
 from aiohttp import web
 
 from ingest.auth import KeyCache
@@ -14,13 +13,14 @@ from ingest.routes import routes
 from ingest.shipments import routes as shipment_routes
 from shared.db import create_pool
 from shared.queue import IngestQueue
+from shared.redis_client import connect_redis
 from shared.settings import Settings
 
 
 async def _resources(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    redis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2,
-                                    health_check_interval=10)
+    # redis://, unix:// or redis+sentinel:// (then always the current primary)
+    redis = connect_redis(settings, socket_timeout=5, socket_connect_timeout=2, health_check_interval=10)
     # The receiver must start (and answer 503) while PostgreSQL is down: the pool connects lazily.
     pool = await create_pool(settings.database_url, min_size=0, max_size=8)
     queue = IngestQueue(redis, settings.redis_prefix)

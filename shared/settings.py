@@ -71,8 +71,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         """Refuse values that cannot work, naming the variable."""
         if not self.database_url.startswith(("postgresql://", "postgres://")):
             raise SettingsError("ORDERFLOW_DATABASE_URL must be a postgresql:// URL")
-        if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
-            raise SettingsError("ORDERFLOW_REDIS_URL must be a redis:// URL")
+        if self.redis_url.lower().startswith("redis+sentinel://"):
+            from shared.redis_client import parse_sentinel_url
+
+            try:
+                parse_sentinel_url(self.redis_url)
+            except ValueError as exc:
+                raise SettingsError(f"ORDERFLOW_REDIS_URL: {exc}") from None
+        elif not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise SettingsError("ORDERFLOW_REDIS_URL must be a redis://, rediss://, unix:// or"
+                                " redis+sentinel://host:port[,host:port]/service_name[/db] URL")
         if not self.redis_prefix or any(c in self.redis_prefix for c in "{}: "):
             raise SettingsError("ORDERFLOW_REDIS_PREFIX must be non-empty without '{', '}', ':' or spaces")
         if not 0 < self.key_cache_ttl_s <= 5:

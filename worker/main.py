@@ -10,12 +10,12 @@ import asyncio
 from typing import Any, ClassVar
 
 from arq import cron
-from arq.connections import RedisSettings
 from arq.worker import Worker
 
 from shared.db import create_pool
 from shared.logging import configure_logging, get_logger
 from shared.queue import IngestQueue
+from shared.redis_client import arq_redis_settings
 from shared.settings import Settings
 from worker.consumer import IngestConsumer, utcnow
 from worker.scheduler import ReleaseScheduler
@@ -74,7 +74,8 @@ def arq_options(settings: Settings, concurrency: int = 2) -> dict[str, Any]:
                            unique=False, timeout=10)],
         "on_startup": startup,
         "on_shutdown": shutdown,
-        "redis_settings": RedisSettings.from_dsn(settings.redis_url),
+        # redis://, unix:// or redis+sentinel:// (arq asks the Sentinels for the primary)
+        "redis_settings": arq_redis_settings(settings),
         # the hash tag keeps arq's own keys in our deployment's Redis Cluster slot
         "queue_name": "{" + settings.redis_prefix + "}:arq",
         "health_check_key": "{" + settings.redis_prefix + "}:arq:health-check",

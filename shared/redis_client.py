@@ -1,0 +1,130 @@
+"""One way to open Redis for every process: a plain `redis://` URL or Redis Sentinel.
+
+`ORDERFLOW_REDIS_URL` is either what redis-py's `from_url` takes (`redis://`, `rediss://`,
+`unix://`) or `redis+sentinel://[[user]:password@]host[:port][,host[:port]...]/service_name[/db]`.
+With Sentinel, the password (and user) authenticate to the Redis primary and its replicas;
+the Sentinels themselves are asked without credentials, because arq (the worker's Redis
+connection) cannot pass any to them. Sentinels default to port 26379.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
+
+import redis.asyncio as aioredis
+from redis.asyncio.sentinel import Sentinel
+
+if TYPE_CHECKING:
+    from arq.connections import RedisSettings
+
+    from shared.settings import Settings
+
+SENTINEL_SCHEME = "redis+sentinel://"
+DEFAULT_SENTINEL_PORT = 26379
+
+
+@dataclasses.dataclass(frozen=True)
+class SentinelTarget:
+    """What a `redis+sentinel://` URL names: where the Sentinels are and which primary to ask for."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    service_name: str
+    db: int = 0
+    username: str | None = None
+    password: str | None = dataclasses.field(default=None, repr=False)
+
+
+def is_sentinel_url(url: str) -> bool:
+    """True for `redis+sentinel://` URLs."""
+    return url.lower().startswith(SENTINEL_SCHEME)
+
+
+def parse_sentinel_url(url: str) -> SentinelTarget:
+    """Split a `redis+sentinel://` URL; ValueError (without the password) when it is malformed."""
+    if not is_sentinel_url(url):
+        raise ValueError(f"a Sentinel URL starts with {SENTINEL_SCHEME}")
+    rest = url[len(SENTINEL_SCHEME):]
+    if "?" in rest or "#" in rest:
+        raise ValueError("a Sentinel URL takes no query or fragment")
+    authority, slash, path = rest.partition("/")
+    userinfo, at, hostlist = authority.rpartition("@")
+    username = password = None
+    if at:
+        user, colon, secret = userinfo.partition(":")
+        username = unquote(user) or None
+        password = unquote(secret) if colon else None
+    sentinels = tuple(_host_port(part) for part in hostlist.split(","))
+    segments = path.split("/") if slash else []
+    if segments and segments[-1] == "":
+        segments.pop()  # a trailing slash
+    if not segments or not segments[0]:
+        raise ValueError("a Sentinel URL names the service after the hosts: .../service_name[/db]")
+    if len(segments) > 2:
+        raise ValueError("a Sentinel URL path is /service_name[/db]")
+    db = 0
+    if len(segments) == 2:
+        if not segments[1].isdigit():
+            raise ValueError(f"the database in a Sentinel URL is a number, not {segments[1]!r}")
+        db = int(segments[1])
+    return SentinelTarget(sentinels, unquote(segments[0]), db, username, password)
+
+
+def _host_port(part: str) -> tuple[str, int]:
+    part = part.strip()
+    if part.startswith("["):  # [IPv6]:port
+        host, bracket, tail = part[1:].partition("]")
+        if not bracket or (tail and not tail.startswith(":")):
+            raise ValueError(f"bad Sentinel address {part!r}")
+        port_text = tail[1:]
+    else:
+        host, _, port_text = part.partition(":")
+    if not host:
+        raise ValueError("a Sentinel URL needs at least one host, and no empty ones")
+    if not port_text:
+        return host, DEFAULT_SENTINEL_PORT
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"bad port in Sentinel address {part!r}")
+    return host, int(port_text)
+
+
+class _SentinelMaster(aioredis.Redis):
+    """The primary's client; closing it also closes the connections to the Sentinels."""
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        """Close the primary's pool and every Sentinel client."""
+        await super().aclose(close_connection_pool)
+        manager = getattr(self.connection_pool, "sentinel_manager", None)
+        for sentinel in getattr(manager, "sentinels", []):
+            await sentinel.aclose()
+
+
+def connect_redis(settings: Settings, *, socket_timeout: float = 5.0, socket_connect_timeout: float = 2.0,
+                  health_check_interval: int = 10, **kwargs: Any) -> aioredis.Redis:
+    """A client for the deployment's Redis (the current primary, with Sentinel); it connects lazily."""
+    options: dict[str, Any] = {"socket_timeout": socket_timeout,
+                               "socket_connect_timeout": socket_connect_timeout,
+                               "health_check_interval": health_check_interval, **kwargs}
+    if not is_sentinel_url(settings.redis_url):
+        plain: aioredis.Redis = aioredis.Redis.from_url(settings.redis_url, **options)
+        return plain
+    target = parse_sentinel_url(settings.redis_url)
+    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        list(target.sentinels),
+        sentinel_kwargs={"socket_timeout": socket_timeout, "socket_connect_timeout": socket_connect_timeout})
+    client: aioredis.Redis = sentinel.master_for(
+        target.service_name, redis_class=_SentinelMaster, db=target.db, username=target.username,
+        password=target.password, **options)
+    return client
+
+
+def arq_redis_settings(settings: Settings) -> RedisSettings:
+    """arq's connection settings for the same Redis (arq speaks Sentinel itself)."""
+    from arq.connections import RedisSettings
+
+    if not is_sentinel_url(settings.redis_url):
+        return RedisSettings.from_dsn(settings.redis_url)
+    target = parse_sentinel_url(settings.redis_url)
+    return RedisSettings(host=list(target.sentinels), sentinel=True, sentinel_master=target.service_name,
+                         database=target.db, username=target.username, password=target.password)
