@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from ingest.auth import KeyCache
+from ingest.batch import routes as batch_routes
 from ingest.handoff import HandoffCoalescer
 from ingest.keys import CACHE, HANDOFF, POOL, QUEUE, REDIS, SETTINGS
 from ingest.routes import routes
@@ -36,9 +37,11 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
 def create_app(settings: Settings | None = None) -> web.Application:
     """The aiohttp app; resources open in cleanup_ctx, never at import."""
     settings = settings or Settings.from_env()
-    app = web.Application(client_max_size=settings.max_body_bytes)
+    # each route enforces its own limit (read_body); this is the outer bound
+    app = web.Application(client_max_size=max(settings.max_body_bytes, settings.max_batch_body_bytes))
     app[SETTINGS] = settings
     app.cleanup_ctx.append(_resources)
+    app.add_routes(batch_routes)
     app.add_routes(routes)
     app.add_routes(shipment_routes)
     return app

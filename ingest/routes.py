@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import secrets
-import time
 from importlib import resources
 from typing import Any
 
@@ -13,6 +11,7 @@ import msgspec
 from aiohttp import web
 from redis.exceptions import RedisError
 
+from ingest.accept import Refused, accept
 from ingest.auth import Caller, Unauthorized
 from ingest.handoff import OrderShipped, RateLimited
 from ingest.keys import CACHE, HANDOFF, POOL, QUEUE, REDIS, SETTINGS
@@ -20,27 +19,37 @@ from ingest.openapi import openapi_document
 from ingest.reads import load_order, load_receipt
 from ingest.responses import failure, problem, success
 from shared.logging import get_logger
-from shared.queue import make_envelope, receipt_id
+from shared.queue import receipt_id
 from shared.redis_keys import shipped_member
-from shared.rules.order import OrderInvalid, normalize_order, parse_request, unknown_fields
-from shared.schemas import EnqueueAccepted, Header, Problem, json_decoder, json_encoder
-from shared.zones import zone_named
+from shared.schemas import EnqueueAccepted, Problem, json_decoder
 
 log = get_logger(__name__)
 routes = web.RouteTableDef()
 _BYTE = re.compile(r"\(byte (\d+)\)")
-VALIDATION_AT = re.compile(r" - at `(\$[^`]*)`$")
 WRITE_RIGHT = "orders:write"
 
 
-async def read_body(request: web.Request) -> bytes | web.Response:
-    limit = request.app[SETTINGS].max_body_bytes
+async def read_body(request: web.Request, limit: int | None = None) -> bytes | web.Response:
+    """The body, or a 413 answer when it is over `limit` (default ORDERFLOW_MAX_BODY_BYTES)."""
+    limit = limit or request.app[SETTINGS].max_body_bytes
+    too_large = problem(413, "$", f"body is larger than the limit of {limit} bytes")
     if request.content_length is not None and request.content_length > limit:
-        return problem(413, "$", f"body is larger than the limit of {limit} bytes")
+        return too_large
     try:
-        return await request.read()
+        raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
-        return problem(413, "$", f"body is larger than the limit of {limit} bytes")
+        return too_large
+    return too_large if len(raw) > limit else raw
+
+
+def decode_json(raw: bytes) -> Any | web.Response:
+    """The decoded body, or a 400 answer with the byte offset where the JSON breaks."""
+    try:
+        return json_decoder.decode(raw)
+    except msgspec.DecodeError as exc:
+        match = _BYTE.search(str(exc))
+        offset = int(match.group(1)) if match else None
+        return problem(400, "$", f"not valid JSON: {exc}", data={"byte_offset": offset})
 
 
 def _credentials(request: web.Request, body: dict[str, Any] | None) -> tuple[str | None, str | None]:
@@ -71,12 +80,9 @@ async def enqueue(request: web.Request) -> web.Response:
     raw = await read_body(request)
     if isinstance(raw, web.Response):
         return raw
-    try:
-        body = json_decoder.decode(raw)
-    except msgspec.DecodeError as exc:
-        match = _BYTE.search(str(exc))
-        offset = int(match.group(1)) if match else None
-        return problem(400, "$", f"not valid JSON: {exc}", data={"byte_offset": offset})
+    body = decode_json(raw)
+    if isinstance(body, web.Response):
+        return body
     if not isinstance(body, dict):
         return problem(422, "$", "expected a JSON object")
     caller = await authenticate(request, body)
@@ -85,26 +91,10 @@ async def enqueue(request: web.Request) -> web.Response:
     if WRITE_RIGHT not in caller.rights:
         return problem(403, "$.access_key", f"this key lacks the right {WRITE_RIGHT!r}")
     try:
-        typed = parse_request(body)
-        order, rule_warnings = normalize_order(typed.payload, zone_named(caller.timezone))
-    except msgspec.ValidationError as exc:
-        text = str(exc)
-        match = VALIDATION_AT.search(text)
-        loc = match.group(1) if match else "$"
-        return problem(422, loc, VALIDATION_AT.sub("", text))
-    except OrderInvalid as exc:
-        return failure(422, exc.errors)
-    if caller.source_ids is not None and order.source_id not in caller.source_ids:
-        return problem(403, "$.payload.source_id",
-                       f"this key may not send orders for source {order.source_id!r}")
-    warnings = unknown_fields(body) + rule_warnings
-    token = secrets.token_hex(6)
-    header = Header(token=token, entity_id=caller.entity_id, key_id=caller.key_id,
-                    can_create_products="products:create" in caller.rights,
-                    timezone=caller.timezone, received_at=time.time(), priority=order.priority,
-                    reference=order.reference, warnings=warnings)
-    # Only the payload goes to Redis: the access key stays out of the queue.
-    envelope = make_envelope(json_encoder.encode(header), json_encoder.encode(body["payload"]))
+        ok = accept(caller, body.get("payload"), envelope_fields={k: v for k, v in body.items() if k != "payload"})
+    except Refused as exc:
+        return failure(exc.status, exc.errors)
+    order, warnings, token, envelope = ok.order, ok.warnings, ok.token, ok.envelope
     try:
         seq = await request.app[HANDOFF].submit(order.priority, caller.key_id, _client_address(request),
                                                 envelope, shipped_member(caller.entity_id, order.reference))

@@ -12,9 +12,10 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
+from ingest.accept import VALIDATION_AT
 from ingest.keys import POOL, QUEUE
 from ingest.responses import problem, success
-from ingest.routes import VALIDATION_AT, WRITE_RIGHT, authenticate, read_body
+from ingest.routes import WRITE_RIGHT, authenticate, read_body
 from shared.db import QUERIES
 from shared.events import Event, order_event_data, write_events
 from shared.logging import get_logger

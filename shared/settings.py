@@ -28,6 +28,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # The receiver re-reads a key at most this often, so a revocation bites within it.
     key_cache_ttl_s: float = 2.0
     max_body_bytes: int = 1024 * 1024
+    # POST /api/v1/order/enqueue/batch carries up to 500 orders
+    max_batch_body_bytes: int = 16 * 1024 * 1024
     # Requests per second per access key and per client address; 0 switches the limit off.
     rate_per_key: int = 0
     rate_per_address: int = 0
@@ -42,6 +44,22 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Off (0) by default: an order that waited this long jumps ahead of higher priorities,
     # so low priorities cannot starve under endless load (ingest queue and release).
     priority_aging_s: float = 0.0
+    # Webhooks (README "Webhooks"): seconds between attempts (the first is the first attempt),
+    # ±jitter, the per-attempt timeout, and how long a claimed delivery of a dead worker waits.
+    webhook_retry_schedule: str = "0,5,300,1800,7200,18000,36000,50400,72000,86400"
+    webhook_jitter: float = 0.2
+    webhook_timeout_s: float = 15.0
+    webhook_lease_s: float = 60.0
+    webhook_retry_after_max_s: float = 86400.0
+    webhook_disable_after_s: float = 5 * 86400.0
+    webhook_rotation_overlap_s: float = 86400.0
+    # sends in flight per subscription (default for new ones), and per worker process (0: none)
+    webhook_max_concurrency: int = 4
+    webhook_senders: int = 16
+    webhook_poll_s: float = 0.25
+    webhook_dispatch_batch: int = 500
+    # comma-separated networks exempt from the SSRF refusal (tests, on-premise receivers)
+    webhook_allow_nets: str = ""
     log_level: str = "INFO"
     log_format: str = "auto"  # auto | json | console
     host: str = "127.0.0.1"
@@ -89,6 +107,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise SettingsError("ORDERFLOW_CLAIM_BATCH and ORDERFLOW_LEASE_S must be positive")
         if self.log_format not in {"auto", "json", "console"}:
             raise SettingsError("ORDERFLOW_LOG_FORMAT must be auto, json or console")
+        from shared.rules.webhooks import settings_problem
+
+        if (webhook_problem := settings_problem(self)) is not None:
+            raise SettingsError(webhook_problem)
 
     @property
     def uses_dev_pepper(self) -> bool:
