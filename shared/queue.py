@@ -70,16 +70,20 @@ class IngestQueue:
         args: list[Any] = [self.keys.rate, per_key, per_address, PRIORITY_LIMIT, SEQ_SPAN, len(items)]
         for i, (priority, key_id, address, envelope) in enumerate(items):
             args += [priority, key_id, address, shipped[i] if shipped else "", envelope]
-        keys = [self.keys.seq, self.keys.ready, self.keys.payloads, self.keys.stats, self.keys.shipped]
+        keys = [self.keys.seq, self.keys.ready, self.keys.payloads, self.keys.stats, self.keys.shipped,
+                self.keys.arrivals]
         result = await self._enqueue(keys=keys, args=args)
         return [int(x) for x in result]
 
-    async def claim(self, count: int, lease_s: float) -> list[tuple[int, bytes]]:
-        """Up to `count` (seq, envelope) pairs, highest priority first, leased for lease_s."""
+    async def claim(self, count: int, lease_s: float, aging_s: float = 0.0) -> list[tuple[int, bytes]]:
+        """Up to `count` (seq, envelope) pairs, highest priority first, leased for lease_s.
+
+        With aging_s > 0, payloads that waited longer than that are claimed first.
+        """
         flat = await self._claim(
             keys=[self.keys.ready, self.keys.leased, self.keys.lease_scores, self.keys.payloads,
-                  self.keys.paused],
-            args=[int(lease_s * 1000), count],
+                  self.keys.paused, self.keys.arrivals],
+            args=[int(lease_s * 1000), count, int(aging_s * 1000)],
         )
         return [(int(flat[i]), bytes(flat[i + 1])) for i in range(0, len(flat), 2)]
 
@@ -91,6 +95,7 @@ class IngestQueue:
             pipe.zrem(self.keys.leased, *seqs)
             pipe.hdel(self.keys.lease_scores, *[str(s) for s in seqs])
             pipe.hdel(self.keys.payloads, *[str(s) for s in seqs])
+            pipe.zrem(self.keys.arrivals, *seqs)
             stats_key = self.keys.stats + str(int(time.time()))
             for name, n in (counts or {}).items():
                 if n:

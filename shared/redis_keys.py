@@ -15,6 +15,7 @@ class RedisKeys(NamedTuple):
     seq: str  # INCR counter: the receiver's sequence number, orders updates of a reference
     ready: str  # ZSET seq -> score(priority desc, seq asc): payloads waiting for a worker
     payloads: str  # HASH seq -> envelope (header JSON, newline, raw body) until acked
+    arrivals: str  # ZSET seq -> arrival ms, until acked: lets long-waiting payloads age to the front
     leased: str  # ZSET seq -> lease expiry (ms): claimed, not yet acked
     lease_scores: str  # HASH seq -> ready score, to put an expired lease back where it was
     rate: str  # prefix for per-second rate-limit counters
@@ -33,6 +34,7 @@ class RedisKeys(NamedTuple):
             seq=f"{tag}:seq",
             ready=f"{tag}:ready",
             payloads=f"{tag}:payloads",
+            arrivals=f"{tag}:arrivals",
             leased=f"{tag}:leased",
             lease_scores=f"{tag}:lease_scores",
             rate=f"{tag}:rate:",

@@ -41,7 +41,8 @@ class IngestConsumer:
 
     async def run_once(self) -> int:
         """Claim one batch and store it; returns how many payloads it handled."""
-        batch = await self.queue.claim(self.settings.claim_batch, self.settings.lease_s)
+        batch = await self.queue.claim(self.settings.claim_batch, self.settings.lease_s,
+                                       self.settings.priority_aging_s)
         if not batch:
             return 0
         seqs = [seq for seq, _ in batch]

@@ -1,6 +1,6 @@
 -- Hand off N payloads atomically: rate limits, sequence numbers, raw payloads, ready entries.
 -- KEYS[1] seq counter, KEYS[2] ready zset, KEYS[3] payloads hash, KEYS[4] stats key prefix,
--- KEYS[5] shipped zset
+-- KEYS[5] shipped zset, KEYS[6] arrivals zset
 -- ARGV[1] rate-key prefix, ARGV[2] per-key limit/s, ARGV[3] per-address limit/s,
 -- ARGV[4] priority limit, ARGV[5] seq span, ARGV[6] n,
 -- then per payload: priority, key_id, client address, shipped-set member ('' = no check), envelope.
@@ -12,7 +12,9 @@ local per_addr = tonumber(ARGV[3])
 local plimit = tonumber(ARGV[4])
 local span = tonumber(ARGV[5])
 local n = tonumber(ARGV[6])
-local second = redis.call('TIME')[1]
+local t = redis.call('TIME')
+local second = t[1]
+local now_ms = string.format('%.0f', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
 
 local function over(name, limit)
   if limit <= 0 then return false end
@@ -39,6 +41,7 @@ for i = 0, n - 1 do
     if prio < -plimit then prio = -plimit end
     redis.call('HSET', KEYS[3], seq, ARGV[b + 4])
     redis.call('ZADD', KEYS[2], string.format('%.0f', (plimit - prio) * span + seq), seq)
+    redis.call('ZADD', KEYS[6], now_ms, seq)
     out[#out + 1] = seq
     accepted = accepted + 1
   end

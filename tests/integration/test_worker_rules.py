@@ -212,3 +212,18 @@ async def test_paused_queue_claims_nothing_and_counts_live(consumer, tenant, poo
         for name, n in (await redis.hgetall(key)).items():
             totals[name.decode()] = totals.get(name.decode(), 0) + int(n)
     assert totals == {"received": 1, "stored": 1, "released": 1}
+
+
+async def test_aging_lets_a_long_waiting_payload_jump_the_queue(consumer, tenant, redis):
+    f = await feeder(consumer, tenant)
+    await f.put(order_body("LOW", priority=-5)["payload"], priority=-5)
+    for i in range(3):
+        await f.put(order_body(f"HIGH{i}", priority=5)["payload"], priority=5)
+    keys = consumer.queue.keys
+    assert [seq for seq, _ in await consumer.queue.claim(1, 30)] == [2]  # strict: the high one
+    await consumer.queue.hand_back([2])
+    # make LOW look 10 minutes old; with aging at 60 s it goes first
+    await redis.zadd(keys.arrivals, {"1": 0})
+    assert [seq for seq, _ in await consumer.queue.claim(2, 30, aging_s=60)] == [1, 2]
+    await consumer.queue.ack([1, 2])
+    assert await redis.zcard(keys.arrivals) == 2  # only the two still waiting
