@@ -10,7 +10,9 @@ import signal
 import time
 import uuid
 
-from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from shared.queue import make_envelope
 from shared.schemas import Header, json_encoder
