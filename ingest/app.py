@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from ingest.auth import KeyCache
+from ingest.auth import KeyCache, follow_revocations
 from ingest.batch import routes as batch_routes
 from ingest.handoff import HandoffCoalescer
 from ingest.keys import CACHE, HANDOFF, POOL, QUEUE, REDIS, SETTINGS
 from ingest.routes import routes
 from ingest.shipments import routes as shipment_routes
+from ingest.webhooks_api import routes as webhook_routes
 from shared.db import create_pool
 from shared.queue import IngestQueue
 from shared.redis_client import connect_redis
@@ -28,7 +30,10 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     handoff = HandoffCoalescer(queue, per_key=settings.rate_per_key, per_address=settings.rate_per_address)
     app[REDIS], app[POOL], app[QUEUE], app[HANDOFF] = redis, pool, queue, handoff
     app[CACHE] = KeyCache(pool, settings.key_pepper, settings.key_cache_ttl_s)
+    revocations = asyncio.create_task(follow_revocations(app[CACHE], redis, queue.keys.revocations))
     yield
+    revocations.cancel()
+    await asyncio.gather(revocations, return_exceptions=True)
     await handoff.close()
     await pool.close()
     await redis.aclose()
@@ -44,6 +49,7 @@ def create_app(settings: Settings | None = None) -> web.Application:
     app.add_routes(batch_routes)
     app.add_routes(routes)
     app.add_routes(shipment_routes)
+    app.add_routes(webhook_routes)
     return app
 
 

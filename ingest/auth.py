@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 
 import asyncpg
+import redis.asyncio as aioredis
 
 from shared.access import hash_key, key_id_of, key_matches
 from shared.db import QUERIES
@@ -83,3 +85,24 @@ class KeyCache:
             self._entries.clear()
         else:
             self._entries.pop(key_id, None)
+
+
+async def follow_revocations(cache: KeyCache, redis: aioredis.Redis, channel: str) -> None:
+    """Drop revoked keys from the cache as `orderflow key revoke` announces them.
+
+    Best effort: the cache TTL still bounds how long a revoked key works when a message is
+    missed (Redis down, receiver reconnecting).
+    """
+    while True:
+        try:
+            async with redis.pubsub() as pubsub:
+                await pubsub.subscribe(channel)
+                cache.forget()  # anything revoked while we were not listening
+                while True:
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    if message is not None and message.get("type") == "message":
+                        cache.forget(bytes(message["data"]).decode())
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - reconnect; the TTL covers the gap
+            await asyncio.sleep(1.0)

@@ -209,7 +209,22 @@ def key_revoke(key_id: str, as_json: bool) -> None:
 
     if not _run(go):
         raise click.ClickException(f"no active key {key_id!r}")
+    _announce_revocation(settings, key_id)
     _emit(as_json, {"key_id": key_id, "revoked": True}, f"key {key_id} revoked")
+
+
+def _announce_revocation(settings: Settings, key_id: str) -> None:
+    """Tell running receivers at once; if Redis is unreachable their cache TTL still applies."""
+    import redis as sync_redis
+
+    from shared.redis_keys import RedisKeys
+
+    try:
+        client = sync_redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=2)
+        client.publish(RedisKeys.for_prefix(settings.redis_prefix).revocations, key_id)
+        client.close()
+    except (sync_redis.RedisError, OSError, ValueError):
+        pass
 
 
 @main.command()

@@ -25,6 +25,7 @@ class RedisKeys(NamedTuple):
     # ZSET "entity_id<US>reference" -> shipped time: lets the receiver refuse changes to a
     # shipped order with a 422 without asking PostgreSQL (the worker still checks).
     shipped: str
+    revocations: str  # pub/sub channel: key ids revoked, so receivers drop them from their cache at once
 
     @classmethod
     def for_prefix(cls, prefix: str) -> RedisKeys:
@@ -42,6 +43,7 @@ class RedisKeys(NamedTuple):
             paused=f"{tag}:paused",
             stats=f"{tag}:stats:",
             shipped=f"{tag}:shipped",
+            revocations=f"{tag}:keys:revoked",
         )
 
 
