@@ -6,11 +6,14 @@ import asyncio
 from collections.abc import AsyncIterator
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
-from ingest.auth import KeyCache, follow_revocations
+from ingest.auth import STORE_DOWN, KeyCache, KeyStoreUnavailable, follow_revocations
 from ingest.batch import routes as batch_routes
+from ingest.dashboard.app import install as install_dashboard
 from ingest.handoff import HandoffCoalescer
 from ingest.keys import CACHE, HANDOFF, POOL, QUEUE, REDIS, SETTINGS
+from ingest.responses import problem
 from ingest.routes import routes
 from ingest.shipments import routes as shipment_routes
 from ingest.webhooks_api import routes as webhook_routes
@@ -39,17 +42,31 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     await redis.aclose()
 
 
+@web.middleware
+async def _database_down(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """503 (retry) rather than 500 when PostgreSQL is unreachable; enqueue needs it only for unseen keys."""
+    try:
+        return await handler(request)
+    except KeyStoreUnavailable:
+        return problem(503, "$", "access keys cannot be checked right now; nothing was accepted, please retry",
+                       headers={"Retry-After": "1"})
+    except STORE_DOWN:
+        return problem(503, "$", "the database is unavailable; please retry", headers={"Retry-After": "1"})
+
+
 def create_app(settings: Settings | None = None) -> web.Application:
     """The aiohttp app; resources open in cleanup_ctx, never at import."""
     settings = settings or Settings.from_env()
     # each route enforces its own limit (read_body); this is the outer bound
     app = web.Application(client_max_size=max(settings.max_body_bytes, settings.max_batch_body_bytes))
     app[SETTINGS] = settings
+    app.middlewares.append(_database_down)
     app.cleanup_ctx.append(_resources)
     app.add_routes(batch_routes)
     app.add_routes(routes)
     app.add_routes(shipment_routes)
     app.add_routes(webhook_routes)
+    install_dashboard(app)  # /dashboard (operators) and /metrics
     return app
 
 

@@ -39,6 +39,15 @@ class Unauthorized(Exception):
     """Unknown entity or wrong key: one answer for both."""
 
 
+class KeyStoreUnavailable(Exception):
+    """PostgreSQL cannot be asked about a key this receiver has not seen lately."""
+
+
+# PostgreSQL unreachable, restarting or shutting down (class 57 covers admin/crash shutdown)
+STORE_DOWN = (OSError, TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
+              asyncpg.exceptions.OperatorInterventionError)
+
+
 class KeyCache:
     """key_id -> record, re-read from PostgreSQL after `ttl_s` (negative answers too)."""
 
@@ -55,7 +64,15 @@ class KeyCache:
         hit = self._entries.get(key_id)
         if hit is not None and hit[0] > now:
             return hit[1]
-        row = await self.pool.fetchrow(QUERIES["key_lookup"], key_id)
+        try:
+            row = await self.pool.fetchrow(QUERIES["key_lookup"], key_id)
+        except STORE_DOWN as exc:
+            # While PostgreSQL is down, keys seen lately stay good (a revocation cannot be written
+            # meanwhile, and one announced over Redis has dropped the entry); ask again after a TTL.
+            if hit is None:
+                raise KeyStoreUnavailable from exc
+            self._entries[key_id] = (now + self.ttl_s, hit[1])
+            return hit[1]
         record = None
         if row is not None:
             record = _KeyRecord(

@@ -236,3 +236,15 @@ def dev(data_dir: str, port: int) -> None:
     from shared.dev import run_dev
 
     run_dev(data_dir, port)
+
+
+# attached last: the group lives in its own module
+from shared.cli_webhook import webhook
+
+main.add_command(webhook)
+
+
+from shared.cli_operator import dashboard, operator  # registered last: it is a separate module
+
+main.add_command(operator)
+main.add_command(dashboard)

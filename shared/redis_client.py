@@ -119,12 +119,28 @@ def connect_redis(settings: Settings, *, socket_timeout: float = 5.0, socket_con
     return client
 
 
+# arq's poll loop has no error handling: one failed Redis call ends the worker process. With
+# these retries (0.1 s doubling to 1 s between tries) a worker rides out about a minute of
+# Redis being away (a restart, a failover) and its consumers simply wait; a longer outage
+# still ends it (exit 1) and the supervisor (systemd, Kubernetes) starts it again.
+WORKER_REDIS_RETRIES = 60
+
+
 def arq_redis_settings(settings: Settings) -> RedisSettings:
     """arq's connection settings for the same Redis (arq speaks Sentinel itself)."""
     from arq.connections import RedisSettings
+    from redis.asyncio.retry import Retry
+    from redis.backoff import ExponentialBackoff
+    from redis.exceptions import ConnectionError, TimeoutError
 
     if not is_sentinel_url(settings.redis_url):
-        return RedisSettings.from_dsn(settings.redis_url)
+        plain = RedisSettings.from_dsn(settings.redis_url)
+        # OSError: a refused connect is retried too, not only a dropped one
+        plain.retry_on_error = [ConnectionError, TimeoutError, OSError]
+        plain.retry = Retry(ExponentialBackoff(cap=1.0, base=0.05), WORKER_REDIS_RETRIES)
+        return plain
+    # arq does not pass retry settings on to Sentinel-managed connections: there, a worker
+    # survives a failover (its next call finds the new primary) but not a longer outage.
     target = parse_sentinel_url(settings.redis_url)
     return RedisSettings(host=list(target.sentinels), sentinel=True, sentinel_master=target.service_name,
                          database=target.db, username=target.username, password=target.password)

@@ -47,6 +47,8 @@ def live_secrets(secret: str, previous: str | None, previous_until: dt.datetime 
 
 def signature(secrets_: Sequence[str], webhook_id: str, at: dt.datetime, payload: str) -> str:
     """The `webhook-signature` value: `v1,<base64>` per secret, space-separated."""
+    # the library reads the datetime's wall time as UTC, so hand it UTC
+    at = at.astimezone(dt.UTC)
     return " ".join(Webhook(s).sign(webhook_id, at, payload) for s in secrets_)
 
 

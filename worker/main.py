@@ -19,6 +19,7 @@ from shared.redis_client import arq_redis_settings
 from shared.settings import Settings
 from worker.consumer import IngestConsumer, utcnow
 from worker.scheduler import ReleaseScheduler
+from worker.webhooks import WebhookSender
 
 log = get_logger(__name__)
 SHUTDOWN_GRACE_S = 20.0
@@ -29,13 +30,14 @@ async def startup(ctx: dict[str, Any]) -> None:
     settings: Settings = ctx.get("settings") or Settings.from_env()
     ctx["settings"] = settings
     concurrency = int(ctx.get("concurrency", 2))
-    ctx["pool"] = await create_pool(settings.database_url, min_size=1, max_size=concurrency + 3)
+    ctx["pool"] = await create_pool(settings.database_url, min_size=1, max_size=concurrency + 5)
     queue = IngestQueue(ctx["redis"], settings.redis_prefix)
     ctx["stop"] = stop = asyncio.Event()
     ctx["consumers"] = consumers = [IngestConsumer(queue, ctx["pool"], settings) for _ in range(concurrency)]
     ctx["tasks"] = [asyncio.create_task(c.run(stop), name=f"consumer-{i}") for i, c in enumerate(consumers)]
     scheduler = ReleaseScheduler(ctx["pool"], settings, utcnow, ctx["redis"], queue.keys.stats)
     ctx["tasks"].append(asyncio.create_task(scheduler.run(stop), name="release-scheduler"))
+    ctx["tasks"].append(asyncio.create_task(WebhookSender(ctx["pool"], settings).run(stop), name="webhooks"))
     ctx["queue"] = queue
     log.info("worker_started", concurrency=concurrency, prefix=settings.redis_prefix)
 

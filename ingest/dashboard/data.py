@@ -125,8 +125,9 @@ class RedisView:
     async def backlog(self) -> Backlog:
         """Waiting payloads per priority level (up to MAX_LEVELS levels) and claimed ones."""
         async with self.redis.pipeline(transaction=False) as pipe:
-            self._levels(keys=[self.keys.ready, self.keys.payloads],
-                         args=[SEQ_SPAN, PRIORITY_LIMIT, MAX_LEVELS], client=pipe)
+            # queued on the pipeline; its result comes with execute()
+            await self._levels(keys=[self.keys.ready, self.keys.payloads],
+                               args=[SEQ_SPAN, PRIORITY_LIMIT, MAX_LEVELS], client=pipe)
             pipe.zcard(self.keys.leased)
             pipe.time()
             flat, leased, (secs, micros) = await pipe.execute()
@@ -178,11 +179,15 @@ async def ingest_lag(pool: asyncpg.Pool, window_s: float = 300, newest: int = 50
     return {"n": row["n"], "p50": row["p50"], "p99": row["p99"]}
 
 
+# open failures are counted up to this many (the page says "1000+")
+FAILURE_COUNT_CAP = 1000
+
+
 async def open_failures(pool: asyncpg.Pool) -> dict[str, int]:
-    """Failures nobody has retried or discarded yet."""
-    row = await pool.fetchrow(QUERIES["dash_failure_counts"])
+    """Rejected orders and failed deliveries nobody has retried or discarded yet (capped)."""
+    row = await pool.fetchrow(QUERIES["dash_failure_counts"], FAILURE_COUNT_CAP)
     assert row is not None
-    return {"rejected": int(row["rejected_open"])}
+    return {"rejected": int(row["rejected_open"]), "deliveries": int(row["deliveries_open"])}
 
 
 @dataclasses.dataclass

@@ -10,9 +10,12 @@ import datetime as dt
 import email.utils
 from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal, InvalidOperation
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
+
+if TYPE_CHECKING:
+    from shared.settings import Settings
 
 EVENT_TYPES = ("order.created", "order.updated", "order.released", "order.held",
                "order.cancelled", "order.shipped", "order.rejected")
@@ -145,3 +148,31 @@ def is_success(status: int) -> bool:
 def disables(status: int) -> bool:
     """410 Gone: the receiver says the endpoint is gone for good."""
     return status == 410
+
+
+def settings_problem(settings: Settings) -> str | None:
+    """What is wrong with the webhook settings (naming the variable), or None."""
+    from shared.ssrf import parse_nets
+
+    try:
+        parse_schedule(settings.webhook_retry_schedule)
+    except ValueError as exc:
+        return f"ORDERFLOW_WEBHOOK_RETRY_SCHEDULE: {exc}"
+    try:
+        parse_nets(settings.webhook_allow_nets)
+    except ValueError as exc:
+        return f"ORDERFLOW_WEBHOOK_ALLOW_NETS: {exc}"
+    if not 0 <= settings.webhook_jitter < 1:
+        return "ORDERFLOW_WEBHOOK_JITTER must be in [0, 1) (0.2 is ±20 %)"
+    if settings.webhook_timeout_s <= 0:
+        return "ORDERFLOW_WEBHOOK_TIMEOUT_S must be positive"
+    if settings.webhook_lease_s <= settings.webhook_timeout_s:
+        return "ORDERFLOW_WEBHOOK_LEASE_S must be longer than ORDERFLOW_WEBHOOK_TIMEOUT_S"
+    if not 1 <= settings.webhook_max_concurrency <= 100:
+        return "ORDERFLOW_WEBHOOK_MAX_CONCURRENCY must be in [1, 100]"
+    if settings.webhook_senders < 0 or settings.webhook_dispatch_batch < 1:
+        return "ORDERFLOW_WEBHOOK_SENDERS must be >= 0 and ORDERFLOW_WEBHOOK_DISPATCH_BATCH >= 1"
+    if min(settings.webhook_poll_s, settings.webhook_disable_after_s,
+           settings.webhook_rotation_overlap_s, settings.webhook_retry_after_max_s) < 0:
+        return "webhook durations (ORDERFLOW_WEBHOOK_*_S) must not be negative"
+    return None

@@ -71,9 +71,18 @@ GROUP BY 1;
 SELECT now();
 
 -- name: dash_failure_counts
-SELECT (SELECT count(*) FROM receipts r
-        LEFT JOIN failed_payloads f USING (receipt_id)
-        WHERE r.state = 'rejected' AND f.resolution IS NULL) AS rejected_open;
+-- Counted up to $1 each, so the overview's cost stays bounded however much has failed.
+SELECT (SELECT count(*) FROM (
+            SELECT 1 FROM receipts r
+            LEFT JOIN failed_payloads f USING (receipt_id)
+            WHERE r.state = 'rejected' AND f.resolution IS NULL
+            LIMIT $1) AS open_rejected) AS rejected_open,
+       (SELECT count(*) FROM (
+            SELECT 1 FROM webhook_deliveries d
+            LEFT JOIN delivery_discards x ON x.delivery_id = d.delivery_id
+            WHERE d.state = 'failed'
+              AND (x.delivery_id IS NULL OR x.discarded_at < coalesce(d.last_attempt_at, d.created_at))
+            LIMIT $1) AS open_deliveries) AS deliveries_open;
 
 -- name: dash_scheduled_per_hour
 -- Due orders per hour up to $1 (overdue ones land in past hours); the index orders_release_due serves it.
@@ -178,21 +187,31 @@ INSERT INTO failed_payloads (receipt_id, entity_id, envelope)
 SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[])
 ON CONFLICT (receipt_id) DO NOTHING;
 
--- name: dash_failed_claim_retry
--- Take a kept payload for a retry exactly once, however many operators click.
-UPDATE failed_payloads f SET resolution = 'retried', resolved_at = now(), resolved_by = $2
-FROM receipts r
-WHERE f.receipt_id = $1 AND r.receipt_id = f.receipt_id AND r.state = 'rejected'
-  AND f.resolution IS NULL AND f.envelope IS NOT NULL
-RETURNING f.envelope;
+-- name: dash_failed_open_for_retry
+-- Kept payloads nobody has handled yet, locked so two operators cannot retry one twice.
+SELECT f.receipt_id, f.envelope
+FROM failed_payloads f
+JOIN receipts r ON r.receipt_id = f.receipt_id AND r.state = 'rejected'
+WHERE f.receipt_id = ANY($1::text[]) AND f.resolution IS NULL AND f.envelope IS NOT NULL
+ORDER BY r.seq
+FOR UPDATE OF f;
+
+-- name: dash_keys_state
+SELECT key_id, rights, revoked_at FROM access_keys WHERE key_id = ANY($1::text[]);
+
+-- name: dash_failed_mark_retried
+UPDATE failed_payloads SET resolution = 'retried', resolved_at = now(), resolved_by = $2
+WHERE receipt_id = ANY($1::text[]) AND resolution IS NULL;
 
 -- name: dash_failed_retried_as
-UPDATE failed_payloads SET retried_as = $2 WHERE receipt_id = $1;
+UPDATE failed_payloads f SET retried_as = t.retried_as
+FROM unnest($1::text[], $2::text[]) AS t (receipt_id, retried_as)
+WHERE f.receipt_id = t.receipt_id;
 
 -- name: dash_failed_unclaim
--- The hand-off failed: the payload is open again.
+-- The hand-off to Redis failed: the payloads are open again.
 UPDATE failed_payloads SET resolution = NULL, resolved_at = NULL, resolved_by = NULL
-WHERE receipt_id = $1 AND resolution = 'retried' AND retried_as IS NULL;
+WHERE receipt_id = ANY($1::text[]) AND resolution = 'retried' AND retried_as IS NULL;
 
 -- name: dash_failed_discard
 -- Discarding works for rejections whose payload was never kept, too.
@@ -203,3 +222,75 @@ ON CONFLICT (receipt_id) DO UPDATE
     SET resolution = 'discarded', resolved_at = now(), resolved_by = excluded.resolved_by
     WHERE failed_payloads.resolution IS NULL
 RETURNING receipt_id;
+
+-- name: dash_webhook_subscriptions
+-- Each subscription with its last 24 h: finished deliveries (for the success rate), what
+-- waits, and the newest error of the last 7 days.
+SELECT s.subscription_id, s.entity_id, s.url, s.description, s.state, s.disabled_at,
+       s.disabled_reason, s.failing_since, s.created_at,
+       coalesce(d.delivered, 0) AS delivered, coalesce(d.failed, 0) AS failed,
+       coalesce(w.pending, 0) AS pending, coalesce(w.sending, 0) AS sending,
+       e.last_attempt_at AS last_error_at, e.last_status AS last_error_status, e.last_error
+FROM webhook_subscriptions s
+LEFT JOIN LATERAL (
+    SELECT count(*) FILTER (WHERE state = 'delivered') AS delivered,
+           count(*) FILTER (WHERE state = 'failed') AS failed
+    FROM webhook_deliveries
+    WHERE subscription_id = s.subscription_id AND created_at > now() - interval '24 hours') d ON true
+LEFT JOIN LATERAL (
+    SELECT count(*) FILTER (WHERE state = 'pending') AS pending,
+           count(*) FILTER (WHERE state = 'sending') AS sending
+    FROM webhook_deliveries
+    WHERE subscription_id = s.subscription_id AND state IN ('pending', 'sending')) w ON true
+LEFT JOIN LATERAL (
+    SELECT last_attempt_at, last_status, last_error
+    FROM webhook_deliveries
+    WHERE subscription_id = s.subscription_id AND created_at > now() - interval '7 days'
+      AND last_error IS NOT NULL
+    ORDER BY last_attempt_at DESC NULLS LAST
+    LIMIT 1) e ON true
+WHERE $1::text IS NULL OR s.subscription_id = $1
+ORDER BY s.entity_id, s.created_at, s.subscription_id;
+
+-- name: dash_deliveries_failed
+-- Deliveries that gave up, newest first, unless discarded since their last attempt.
+SELECT d.delivery_id, d.subscription_id, s.url, s.state AS subscription_state, d.entity_id,
+       d.event_type, d.reference, d.attempts, d.last_status, d.last_error, d.last_attempt_at,
+       d.created_at, o.order_id
+FROM webhook_deliveries d
+JOIN webhook_subscriptions s ON s.subscription_id = d.subscription_id
+LEFT JOIN delivery_discards x ON x.delivery_id = d.delivery_id
+LEFT JOIN order_events ev ON ev.event_id = d.event_id
+LEFT JOIN orders o ON o.order_id = ev.order_id
+WHERE d.state = 'failed'
+  AND (x.delivery_id IS NULL OR x.discarded_at < coalesce(d.last_attempt_at, d.created_at))
+ORDER BY d.delivery_id DESC
+LIMIT $1;
+
+-- name: dash_deliveries_lock_subscriptions
+-- Lock order of the webhook code: subscription rows first, then their deliveries.
+SELECT subscription_id, state
+FROM webhook_subscriptions
+WHERE subscription_id IN (SELECT subscription_id FROM webhook_deliveries WHERE delivery_id = ANY($1::bigint[]))
+ORDER BY subscription_id
+FOR NO KEY UPDATE;
+
+-- name: dash_deliveries_replay
+-- Like webhook_replay_one, for many: a new round of the schedule, the same webhook-id.
+UPDATE webhook_deliveries
+SET state = 'pending', step = 0, next_attempt_at = $2, lease_until = NULL
+WHERE delivery_id = ANY($1::bigint[]) AND state = 'failed' AND subscription_id = ANY($3::text[])
+RETURNING delivery_id;
+
+-- name: dash_delivery_discard
+INSERT INTO delivery_discards (delivery_id, discarded_by)
+SELECT delivery_id, $2 FROM webhook_deliveries WHERE delivery_id = $1 AND state = 'failed'
+ON CONFLICT (delivery_id) DO UPDATE SET discarded_at = now(), discarded_by = excluded.discarded_by
+RETURNING delivery_id;
+
+-- name: dash_order_deliveries
+SELECT d.delivery_id, d.subscription_id, d.event_id, d.event_type, d.state, d.attempts,
+       d.last_status, d.last_error, d.last_attempt_at, d.delivered_at, d.next_attempt_at
+FROM webhook_deliveries d
+WHERE d.event_id = ANY($1::bigint[])
+ORDER BY d.delivery_id DESC;

@@ -60,9 +60,10 @@ CREATE TABLE webhook_deliveries (
     delivered_at     timestamptz,
     UNIQUE (subscription_id, event_id)
 );
--- the sender's queue: due first by priority, then by time
+-- the sender's queue: by priority while a backlog is due, by time while most wait for a retry
 CREATE INDEX webhook_deliveries_due ON webhook_deliveries (priority DESC, next_attempt_at, delivery_id)
     WHERE state = 'pending';
+CREATE INDEX webhook_deliveries_next ON webhook_deliveries (next_attempt_at) WHERE state = 'pending';
 -- in-flight counts per subscription, and leases of stopped workers
 CREATE INDEX webhook_deliveries_sending ON webhook_deliveries (subscription_id, lease_until)
     WHERE state = 'sending';

@@ -50,3 +50,15 @@ CREATE TABLE failed_payloads (
 CREATE INDEX receipts_stored_at ON receipts (stored_at);
 -- the failures page: rejected receipts, newest first
 CREATE INDEX receipts_rejected ON receipts (stored_at DESC) WHERE state = 'rejected';
+
+-- A failed webhook delivery an operator discarded: off the failures list (until it is sent
+-- again and fails again), kept in history. webhook_deliveries itself stays the sender's.
+CREATE TABLE delivery_discards (
+    delivery_id   bigint PRIMARY KEY REFERENCES webhook_deliveries (delivery_id) ON DELETE CASCADE,
+    discarded_at  timestamptz NOT NULL DEFAULT now(),
+    discarded_by  text NOT NULL
+);
+-- the failures page: deliveries that gave up, newest first
+CREATE INDEX webhook_deliveries_failed ON webhook_deliveries (delivery_id DESC) WHERE state = 'failed';
+-- an order's page: the deliveries of its events
+CREATE INDEX webhook_deliveries_event ON webhook_deliveries (event_id);
