@@ -50,7 +50,9 @@ async def test_flood_is_stored_in_priority_order(settings, server, http, tenant:
         orders = [order_body(f"F{i:05d}", priority=priorities[i])["payload"] for i in range(start, start + 500)]
         async with http.post(server.url + BATCH, json={"orders": orders}, headers=headers) as resp:
             assert resp.status == 207 and (await resp.json())["data"]["accepted"] == 500
-    worker = start_worker(settings, ORDERFLOW_CLAIM_BATCH="200")
+    # one consumer: batches commit in the order they were claimed (two consumers may swap
+    # neighbouring batches; tests/resilience measures that with several workers)
+    worker = start_worker(settings, "--concurrency", "1", ORDERFLOW_CLAIM_BATCH="200")
     try:
         async def stored_all() -> bool:
             return await pool.fetchval("SELECT count(*) FROM receipts") == n

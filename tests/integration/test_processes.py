@@ -103,8 +103,8 @@ async def test_revoked_key_is_refused_within_5_seconds(settings, pool, http, tem
         await runner.cleanup()
 
 
-def start_worker(settings: Settings, **extra: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([ORDERFLOW, "worker"], env=cli_env(settings, **extra),
+def start_worker(settings: Settings, *args: str, **extra: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([ORDERFLOW, "worker", *args], env=cli_env(settings, **extra),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
