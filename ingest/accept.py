@@ -12,7 +12,7 @@ import msgspec
 
 from ingest.auth import Caller
 from shared.queue import make_envelope
-from shared.rules.order import OrderInvalid, normalize_order, unknown_fields
+from shared.rules.order import OrderInvalid, normalize_order, nul_characters, unknown_fields
 from shared.schemas import Header, Order, PayloadIn, Problem, json_encoder
 from shared.zones import zone_named
 
@@ -47,10 +47,15 @@ def _relocate(problems: list[Problem], loc: str) -> list[Problem]:
 
 
 def accept(caller: Caller, payload: Any, *, loc: str = "$.payload",
-           envelope_fields: dict[str, Any] | None = None) -> Accepted:
-    """Validate one payload for `caller`; raise Refused (422/403) naming every failing field."""
+           envelope_fields: dict[str, Any] | None = None, may_hold_nul: bool = True) -> Accepted:
+    """Validate one payload for `caller`; raise Refused (422/403) naming every failing field.
+
+    `may_hold_nul=False` skips the walk for U+0000 when the raw body has no `\\u0000` at all.
+    """
     if payload is None:
         raise Refused(422, [Problem(loc=loc, msg="required")])
+    if may_hold_nul and (nul := nul_characters(payload, loc)):
+        raise Refused(422, nul)
     try:
         typed = msgspec.convert(payload, type=PayloadIn, strict=False)
     except msgspec.ValidationError as exc:

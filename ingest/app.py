@@ -17,7 +17,7 @@ from ingest.responses import problem
 from ingest.routes import routes
 from ingest.shipments import routes as shipment_routes
 from ingest.webhooks_api import routes as webhook_routes
-from shared.db import create_pool
+from shared.db import QUERIES, create_pool
 from shared.queue import IngestQueue
 from shared.redis_client import connect_redis
 from shared.settings import Settings
@@ -29,7 +29,8 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     redis = connect_redis(settings, socket_timeout=5, socket_connect_timeout=2, health_check_interval=10)
     # The receiver must start (and answer 503) while PostgreSQL is down: the pool connects lazily.
     pool = await create_pool(settings.database_url, min_size=0, max_size=8)
-    queue = IngestQueue(redis, settings.redis_prefix)
+    queue = IngestQueue(redis, settings.redis_prefix,
+                        seq_floor=lambda: pool.fetchval(QUERIES["seq_floor"]))
     handoff = HandoffCoalescer(queue, per_key=settings.rate_per_key, per_address=settings.rate_per_address)
     app[REDIS], app[POOL], app[QUEUE], app[HANDOFF] = redis, pool, queue, handoff
     app[CACHE] = KeyCache(pool, settings.key_pepper, settings.key_cache_ttl_s)
@@ -40,6 +41,14 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     await handoff.close()
     await pool.close()
     await redis.aclose()
+
+
+@web.middleware
+async def _no_nul_in_path(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """PostgreSQL text cannot hold U+0000: such a path names nothing we store."""
+    if any("\x00" in v for v in request.match_info.values()):
+        return problem(404, "$", "no such resource")
+    return await handler(request)
 
 
 @web.middleware
@@ -60,6 +69,7 @@ def create_app(settings: Settings | None = None) -> web.Application:
     # each route enforces its own limit (read_body); this is the outer bound
     app = web.Application(client_max_size=max(settings.max_body_bytes, settings.max_batch_body_bytes))
     app[SETTINGS] = settings
+    app.middlewares.append(_no_nul_in_path)
     app.middlewares.append(_database_down)
     app.cleanup_ctx.append(_resources)
     app.add_routes(batch_routes)

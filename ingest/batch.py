@@ -44,6 +44,7 @@ async def enqueue_batch(request: web.Request) -> web.Response:
     if len(orders) > MAX_ORDERS:
         return problem(422, "$.orders", f"at most {MAX_ORDERS} orders per batch, got {len(orders)}")
 
+    may_hold_nul = b"\\u0000" in raw
     results: list[dict[str, Any]] = []
     accepted: list[tuple[int, Accepted]] = []
     for i, entry in enumerate(orders):
@@ -52,7 +53,7 @@ async def enqueue_batch(request: web.Request) -> web.Response:
         payload = entry["payload"] if wrapped else entry
         loc = f"$.orders[{i}]" + (".payload" if wrapped else "")
         try:
-            ok = accept(caller, payload, loc=loc)
+            ok = accept(caller, payload, loc=loc, may_hold_nul=may_hold_nul)
         except Refused as exc:
             results.append({"index": i, "status": exc.status, "errors": exc.errors})
             continue

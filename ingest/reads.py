@@ -23,24 +23,22 @@ from shared.schemas import (
 
 async def load_receipt(pool: asyncpg.Pool, queue: IngestQueue, rid: str, entity_id: str) -> Receipt | None:
     """A stored outcome from PostgreSQL, else `queued` while the payload waits in Redis."""
-    row = await pool.fetchrow(QUERIES["receipt_get"], rid, entity_id)
-    if row is not None:
-        return Receipt(
-            receipt_id=row["receipt_id"], state=row["state"], reason=row["reason"], code=row["code"],
-            reference=row["reference"], source_id=row["source_id"], received_at=row["received_at"],
-            stored_at=row["stored_at"], warnings=msgspec.convert(row["warnings"], list[Problem]))
+    # Redis first: a payload leaves Redis only after its commit, so one of the two reads sees it.
     seq = seq_of_receipt(rid)
-    if seq is None:
+    envelope = await queue.peek_envelope(seq) if seq is not None else None
+    if envelope is not None:
+        header = header_decoder.decode(split_envelope(envelope)[0])
+        if header.entity_id == entity_id and rid.endswith("_" + header.token):
+            return Receipt(receipt_id=rid, state="queued", reference=header.reference,
+                           received_at=dt.datetime.fromtimestamp(header.received_at, dt.UTC),
+                           warnings=header.warnings)
+    row = await pool.fetchrow(QUERIES["receipt_get"], rid, entity_id)
+    if row is None:
         return None
-    envelope = await queue.peek_envelope(seq)
-    if envelope is None:
-        return None
-    header = header_decoder.decode(split_envelope(envelope)[0])
-    if header.entity_id != entity_id or not rid.endswith("_" + header.token):
-        return None
-    return Receipt(receipt_id=rid, state="queued", reference=header.reference,
-                   received_at=dt.datetime.fromtimestamp(header.received_at, dt.UTC),
-                   warnings=header.warnings)
+    return Receipt(
+        receipt_id=row["receipt_id"], state=row["state"], reason=row["reason"], code=row["code"],
+        reference=row["reference"], source_id=row["source_id"], received_at=row["received_at"],
+        stored_at=row["stored_at"], warnings=msgspec.convert(row["warnings"], list[Problem]))
 
 
 async def load_order(pool: asyncpg.Pool, entity_id: str, reference: str) -> OrderOut | None:

@@ -91,7 +91,8 @@ async def enqueue(request: web.Request) -> web.Response:
     if WRITE_RIGHT not in caller.rights:
         return problem(403, "$.access_key", f"this key lacks the right {WRITE_RIGHT!r}")
     try:
-        ok = accept(caller, body.get("payload"), envelope_fields={k: v for k, v in body.items() if k != "payload"})
+        ok = accept(caller, body.get("payload"), envelope_fields={k: v for k, v in body.items() if k != "payload"},
+                    may_hold_nul=b"\\u0000" in raw)
     except Refused as exc:
         return failure(exc.status, exc.errors)
     order, warnings, token, envelope = ok.order, ok.warnings, ok.token, ok.envelope

@@ -15,13 +15,13 @@ from aiohttp import web
 from ingest.accept import VALIDATION_AT
 from ingest.keys import POOL, QUEUE
 from ingest.responses import problem, success
-from ingest.routes import WRITE_RIGHT, authenticate, read_body
+from ingest.routes import WRITE_RIGHT, authenticate, decode_json, read_body
 from shared.db import QUERIES
 from shared.events import Event, order_event_data, write_events
 from shared.logging import get_logger
 from shared.redis_keys import shipped_member
 from shared.rules.shipments import LineState, decide_shipment
-from shared.schemas import ShipmentAccepted, ShipmentOut, ShipmentRequest, json_decoder
+from shared.schemas import ShipmentAccepted, ShipmentOut, ShipmentRequest
 
 log = get_logger(__name__)
 routes = web.RouteTableDef()
@@ -33,10 +33,9 @@ async def record_shipment(request: web.Request) -> web.Response:
     raw = await read_body(request)
     if isinstance(raw, web.Response):
         return raw
-    try:
-        body = json_decoder.decode(raw)
-    except msgspec.DecodeError as exc:
-        return problem(400, "$", f"not valid JSON: {exc}")
+    body = decode_json(raw)
+    if isinstance(body, web.Response):
+        return body
     if not isinstance(body, dict):
         return problem(422, "$", "expected a JSON object")
     caller = await authenticate(request, body)

@@ -99,7 +99,7 @@ def _query_int(request: web.Request, name: str, default: int | None) -> int | No
     value = request.query.get(name)
     if not value:
         return default
-    if not value.isdigit():
+    if not (value.isascii() and value.isdigit()) or int(value) >= 2**63:
         raise _BadRequest(422, f"$.{name}", "expected a positive integer")
     return int(value)
 
@@ -110,7 +110,7 @@ def _id(request: web.Request) -> str:
 
 def _delivery_id(request: web.Request) -> int:
     value = request.match_info["delivery_id"]
-    if not value.isdigit():
+    if not (value.isascii() and value.isdigit()) or int(value) >= 2**63:
         raise wh.WebhookNotFound(f"no delivery {value!r}")
     return int(value)
 

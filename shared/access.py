@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
+
+_KEY_ID = re.compile(r"key_[0-9a-f]{12}")
 
 RIGHTS = ("orders:write", "products:create", "admin")
 DEFAULT_RIGHTS = ("orders:write", "products:create")
@@ -26,7 +29,7 @@ def key_id_of(access_key: str) -> str | None:
         return None
     body = access_key[3:]
     key_id, sep, secret = body[:16], body[16:17], body[17:]
-    if sep != "_" or not secret or len(key_id) != 16:
+    if sep != "_" or not secret or not _KEY_ID.fullmatch(key_id):
         return None
     return key_id
 

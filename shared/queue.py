@@ -7,11 +7,12 @@ three small Lua scripts over keys that share one hash tag (see shared/redis_keys
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from importlib import resources
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
 
 from shared.redis_keys import PRIORITY_LIMIT, SEQ_SPAN, STATS_TTL_S, RedisKeys
 
@@ -39,17 +40,22 @@ def receipt_id(seq: int, token: str) -> str:
 def seq_of_receipt(rid: str) -> int | None:
     """The sequence number inside a receipt id, or None if it is not one of ours."""
     parts = rid.split("_")
-    if len(parts) != 3 or parts[0] != "rcpt" or not parts[1].isdigit():
+    if len(parts) != 3 or parts[0] != "rcpt" or not (parts[1].isascii() and parts[1].isdigit()):
         return None
-    return int(parts[1])
+    seq = int(parts[1])
+    return seq if seq < 2**63 else None
 
 
 class IngestQueue:
     """Enqueue, claim, ack and hand back payloads, each in one round trip."""
 
-    def __init__(self, redis: aioredis.Redis, prefix: str) -> None:
+    def __init__(self, redis: aioredis.Redis, prefix: str,
+                 seq_floor: Callable[[], Awaitable[int]] | None = None) -> None:
         self.redis = redis
         self.keys = RedisKeys.for_prefix(prefix)
+        # the highest sequence number PostgreSQL has seen: where a lost counter starts again
+        self.seq_floor = seq_floor
+        self._seed = redis.register_script(_script("seed_seq.lua"))
         self._enqueue = redis.register_script(_script("enqueue.lua"))
         self._claim = redis.register_script(_script("claim.lua"))
         self._hand_back = redis.register_script(_script("hand_back.lua"))
@@ -72,8 +78,19 @@ class IngestQueue:
             args += [priority, key_id, address, shipped[i] if shipped else "", envelope]
         keys = [self.keys.seq, self.keys.ready, self.keys.payloads, self.keys.stats, self.keys.shipped,
                 self.keys.arrivals]
-        result = await self._enqueue(keys=keys, args=args)
+        try:
+            result = await self._enqueue(keys=keys, args=args)
+        except ResponseError as exc:
+            if "SEQ_UNSEEDED" not in str(exc):
+                raise
+            await self.seed_seq()
+            result = await self._enqueue(keys=keys, args=args)
         return [int(x) for x in result]
+
+    async def seed_seq(self) -> int:
+        """Start a missing counter above every sequence number stored in PostgreSQL."""
+        floor = await self.seq_floor() if self.seq_floor is not None else 0
+        return int(await self._seed(keys=[self.keys.seq], args=[floor]))
 
     async def claim(self, count: int, lease_s: float, aging_s: float = 0.0) -> list[tuple[int, bytes]]:
         """Up to `count` (seq, envelope) pairs, highest priority first, leased for lease_s.
@@ -102,6 +119,23 @@ class IngestQueue:
                     pipe.hincrby(stats_key, name, n)
             pipe.expire(stats_key, STATS_TTL_S)
             await pipe.execute()
+
+    async def dead_letter(self, items: Sequence[tuple[int, bytes]]) -> None:
+        """Move unreadable payloads aside (kept, not retried) and release their claim."""
+        if not items:
+            return
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(self.keys.dead, mapping={str(seq): env for seq, env in items})
+            seqs = [seq for seq, _ in items]
+            pipe.zrem(self.keys.leased, *seqs)
+            pipe.hdel(self.keys.lease_scores, *[str(s) for s in seqs])
+            pipe.hdel(self.keys.payloads, *[str(s) for s in seqs])
+            pipe.zrem(self.keys.arrivals, *seqs)
+            await pipe.execute()
+
+    async def forget_old_shipments(self, older_than_s: float) -> int:
+        """Trim the receiver's shipped set; the worker still refuses changes from PostgreSQL."""
+        return int(await self.redis.zremrangebyscore(self.keys.shipped, "-inf", time.time() - older_than_s))
 
     async def mark_shipped(self, member: str) -> None:
         """Remember that an order shipped, so the receiver refuses further changes at once."""

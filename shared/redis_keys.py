@@ -25,6 +25,7 @@ class RedisKeys(NamedTuple):
     # ZSET "entity_id<US>reference" -> shipped time: lets the receiver refuse changes to a
     # shipped order with a 422 without asking PostgreSQL (the worker still checks).
     shipped: str
+    dead: str  # HASH seq -> envelope whose header no worker can read (kept for an operator)
     revocations: str  # pub/sub channel: key ids revoked, so receivers drop them from their cache at once
 
     @classmethod
@@ -43,6 +44,7 @@ class RedisKeys(NamedTuple):
             paused=f"{tag}:paused",
             stats=f"{tag}:stats:",
             shipped=f"{tag}:shipped",
+            dead=f"{tag}:dead",
             revocations=f"{tag}:keys:revoked",
         )
 
@@ -58,6 +60,9 @@ def ready_score(priority: int, seq: int) -> int:
     p = max(-PRIORITY_LIMIT, min(PRIORITY_LIMIT, priority))
     return (PRIORITY_LIMIT - p) * SEQ_SPAN + seq
 
+
+# shipped orders stay in the receiver's fast refusal set this long (the worker checks forever)
+SHIPPED_MEMORY_S = 90 * 24 * 3600
 
 # live counters are kept this long (the dashboard charts the last 15 minutes)
 STATS_TTL_S = 20 * 60

@@ -265,9 +265,9 @@ class OrderOut(Base, kw_only=True):
 class ShipmentLineIn(Base, kw_only=True):
     """One shipped line: by line_no (from GET) or by sku when it is unique in the order."""
 
-    line_no: int | None = None
+    line_no: Annotated[int, Meta(gt=0, le=2_147_483_647)] | None = None
     sku: str | None = None
-    qty: Annotated[int, Meta(gt=0)]
+    qty: Annotated[int, Meta(gt=0, le=2_147_483_647)]
 
 
 class ShipmentRequest(Base, kw_only=True):

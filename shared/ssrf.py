@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import re
 import socket
 from collections.abc import Iterable, Sequence
 
@@ -100,12 +101,25 @@ def address_refusal(ip: IPAddress | str, allow: Sequence[IPNetwork] = ()) -> str
     return None
 
 
+_LEGACY_IPV4 = re.compile(r"[0-9a-fA-FxX.]+")
+
+
 def ip_literal(host: str) -> IPAddress | None:
-    """The address when `host` is an IP literal (brackets allowed), else None."""
+    """The address when `host` is an IP literal (brackets allowed), else None.
+
+    Also the legacy IPv4 spellings inet_aton accepts (`2130706433`, `127.1`, `0x7f.1`,
+    `0177.0.0.1`, `0`): some HTTP clients connect to them without asking a resolver.
+    """
     try:
         return ipaddress.ip_address(host.strip("[]").split("%", 1)[0])
     except ValueError:
-        return None
+        pass
+    if _LEGACY_IPV4.fullmatch(host):
+        try:
+            return ipaddress.IPv4Address(socket.inet_aton(host))
+        except OSError:
+            return None
+    return None
 
 
 def check_shape(url: str) -> URL:

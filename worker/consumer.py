@@ -15,7 +15,7 @@ import structlog
 from shared.logging import get_logger
 from shared.queue import IngestQueue
 from shared.settings import Settings
-from worker.store import store_batch
+from worker.store import readable, store_batch
 
 log = get_logger(__name__)
 Clock = Callable[[], dt.datetime]
@@ -45,6 +45,14 @@ class IngestConsumer:
                                        self.settings.priority_aging_s)
         if not batch:
             return 0
+        unreadable = [(seq, env) for seq, env in batch if not readable(env)]
+        if unreadable:
+            # never retried: a header no worker can decode would stall the queue forever
+            log.error("payloads_dead_lettered", seqs=[seq for seq, _ in unreadable])
+            await self.queue.dead_letter(unreadable)
+            batch = [(seq, env) for seq, env in batch if readable(env)]
+            if not batch:
+                return len(unreadable)
         seqs = [seq for seq, _ in batch]
         self.held.update(seqs)
         try:
@@ -61,12 +69,13 @@ class IngestConsumer:
         await self.queue.ack(seqs, counts)
         self.held.difference_update(seqs)
         self.stored_total += len(batch)
+        handled = len(batch) + len(unreadable)
         for r in receipts:
             log.debug("order_stored", receipt_id=r.receipt_id, entity_id=r.entity_id,
                       reference=r.reference, state=r.state, reason=r.reason)
         log.info("batch_stored", size=len(batch), first_seq=seqs[0],
                  states={s: sum(1 for r in receipts if r.state == s) for s in {r.state for r in receipts}})
-        return len(batch)
+        return handled
 
     async def _hand_back(self, seqs: list[int]) -> None:
         try:

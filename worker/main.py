@@ -7,7 +7,7 @@ priorities and one arq job per order would cap throughput (see DESIGN.md).
 from __future__ import annotations
 
 import asyncio
-from typing import Any, ClassVar
+from typing import Any
 
 from arq import cron
 from arq.worker import Worker
@@ -16,6 +16,7 @@ from shared.db import create_pool
 from shared.logging import configure_logging, get_logger
 from shared.queue import IngestQueue
 from shared.redis_client import arq_redis_settings
+from shared.redis_keys import SHIPPED_MEMORY_S
 from shared.settings import Settings
 from worker.consumer import IngestConsumer, utcnow
 from worker.scheduler import ReleaseScheduler
@@ -64,6 +65,7 @@ async def shutdown(ctx: dict[str, Any]) -> None:
 async def sweep_and_beat(ctx: dict[str, Any]) -> None:
     """Cron: put expired leases back even when no consumer is claiming; write heartbeats."""
     await ctx["queue"].sweep()
+    await ctx["queue"].forget_old_shipments(SHIPPED_MEMORY_S)
     for consumer in ctx.get("consumers", []):
         await consumer.heartbeat()
 
@@ -92,13 +94,12 @@ def create_worker(settings: Settings, concurrency: int = 2) -> Worker:
     return Worker(**arq_options(settings, concurrency))
 
 
-class WorkerSettings:
-    """For `arq worker.main.WorkerSettings`; `orderflow worker` is the usual way in."""
-
-    functions: ClassVar[list[Any]] = []
-    cron_jobs: ClassVar[list[Any]] = [cron(sweep_and_beat, second=set(range(0, 60, 5)), run_at_startup=True, unique=False)]
-    on_startup = startup
-    on_shutdown = shutdown
+def __getattr__(name: str) -> Any:
+    """`arq worker.main.WorkerSettings`: the same options as `orderflow worker`, from ORDERFLOW_*."""
+    if name == "WorkerSettings":
+        return type("WorkerSettings", (), {"__doc__": "arq settings from ORDERFLOW_* variables.",
+                                           **arq_options(Settings.from_env())})
+    raise AttributeError(name)
 
 
 def run(settings: Settings, concurrency: int = 2) -> None:

@@ -93,6 +93,15 @@ class Current:
     stored_at: dt.datetime
 
 
+def readable(envelope: bytes) -> bool:
+    """True when the header decodes (a payload without a readable header cannot get a receipt)."""
+    try:
+        header_decoder.decode(split_envelope(envelope)[0])
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return False
+    return True
+
+
 def prepare(seq: int, envelope: bytes) -> Prepared:
     """Decode an envelope and apply the order rules, exactly as the receiver did."""
     header_json, raw = split_envelope(envelope)
@@ -124,10 +133,10 @@ async def store_batch(
         try:
             async with conn.transaction():
                 return await _plan_and_write(conn, prepared, now)
-        except BatchRace:
-            log.info("batch_race_retry", attempt=attempt)
+        except (BatchRace, asyncpg.DeadlockDetectedError) as exc:
+            log.info("batch_race_retry", attempt=attempt, error=repr(exc))
         except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError,
-                asyncpg.ProgramLimitExceededError) as exc:
+                asyncpg.ProgramLimitExceededError, OverflowError, ValueError) as exc:
             if len(prepared) == 1:
                 return await _reject_alone(conn, prepared[0], now, f"could not be stored: {exc}")
             log.warning("batch_split", size=len(prepared), error=str(exc))
@@ -159,15 +168,22 @@ async def _reject_alone(conn: asyncpg.Connection, item: Prepared, now: dt.dateti
                   {"receipt_id": row.receipt_id, "reference": row.reference, "source_id": row.source_id,
                    "code": row.code, "reason": row.reason, "version": 0})
     async with conn.transaction():
-        await _write_receipts(conn, [row], {})
-        await write_events(conn, [event], {}, now)
+        if await _write_receipts(conn, [row], {}):
+            await write_events(conn, [event], {}, now)
     return [row]
+
+
+def _clean(text: str) -> str:
+    # PostgreSQL text cannot hold U+0000; the receiver refuses it, this covers older payloads
+    return text.replace("\x00", "\ufffd")
 
 
 def _receipt(item: Prepared, now: dt.datetime, state: str, code: int, reason: str | None,
              key: tuple[str, str] | None = None) -> ReceiptRow:
-    return ReceiptRow(item.receipt_id, item.header.entity_id, item.seq, item.reference,
-                      item.source_id, state, code, reason, item.warnings, item.received_at, now, key)
+    warnings = [Problem(loc=_clean(p.loc), msg=_clean(p.msg)) for p in item.warnings]
+    return ReceiptRow(item.receipt_id, item.header.entity_id, item.seq, _clean(item.reference),
+                      _clean(item.source_id), state, code, reason and _clean(reason), warnings,
+                      item.received_at, now, key)
 
 
 async def _plan_and_write(
@@ -177,6 +193,9 @@ async def _plan_and_write(
     pairs = sorted({(p.header.entity_id, p.reference) for p in valid})
     current: dict[tuple[str, str], Current] = {}
     if pairs:
+        # Serialise batches that touch the same references, new ones included, always in one
+        # order: no deadlock, and no two workers creating the same reference blind.
+        await conn.execute(QUERIES["batch_lock_references"], [e for e, _ in pairs], [r for _, r in pairs])
         for r in await conn.fetch(QUERIES["batch_lock_orders"], [e for e, _ in pairs], [ref for _, ref in pairs]):
             current[(r["entity_id"], r["reference"])] = Current(
                 r["order_id"], r["source_id"], r["seq"], r["state"], r["version"],
@@ -278,9 +297,10 @@ async def _plan_and_write(
             [order_ids[k] for k, *_ in versions], [v[1] for v in versions], [v[2] for v in versions],
             [now] * len(versions), [v[3] for v in versions], [_json(v[4]) for v in versions])
     ids_by_key = {k: c.order_id for k, c in current.items()}
-    await _write_receipts(conn, receipts, ids_by_key)
+    inserted = await _write_receipts(conn, receipts, ids_by_key)
     for r in receipts:
-        if r.state == "rejected":
+        # a payload seen before (lease expired after its commit) already has its event
+        if r.state == "rejected" and r.receipt_id in inserted:
             key = (r.entity_id, r.reference)
             cur = current.get(key)
             events.append(Event(key, r.source_id, "order.rejected", cur.version if cur else 0, 0,
@@ -347,13 +367,15 @@ ADDRESS_COLUMNS = ("firstname", "lastname", "company", "street", "housenumber", 
 
 async def _write_receipts(
     conn: asyncpg.Connection, receipts: list[ReceiptRow], ids: dict[tuple[str, str], int | None]
-) -> None:
+) -> set[str]:
+    """Insert receipts not written before; returns the ids actually inserted."""
     if not receipts:
-        return
-    await conn.execute(
+        return set()
+    rows = await conn.fetch(
         QUERIES["batch_insert_receipts"],
         [r.receipt_id for r in receipts], [r.entity_id for r in receipts], [r.seq for r in receipts],
         [r.reference for r in receipts], [r.source_id for r in receipts], [r.state for r in receipts],
         [r.code for r in receipts], [r.reason for r in receipts],
         [_json(r.warnings) for r in receipts], [r.received_at for r in receipts],
         [r.stored_at for r in receipts], [ids.get(r.key) if r.key else None for r in receipts])
+    return {r["receipt_id"] for r in rows}

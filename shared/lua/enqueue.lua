@@ -6,6 +6,11 @@
 -- then per payload: priority, key_id, client address, shipped-set member ('' = no check), envelope.
 -- Returns one entry per payload: its seq, -1 when over a rate limit, -2 when the order is
 -- shipped (nothing stored for either).
+-- A missing counter means Redis lost its data (no AOF, failover to a lagging replica):
+-- starting again at 1 would make every update look older than the stored order.
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return redis.error_reply('SEQ_UNSEEDED the sequence counter is missing')
+end
 local prefix = ARGV[1]
 local per_key = tonumber(ARGV[2])
 local per_addr = tonumber(ARGV[3])

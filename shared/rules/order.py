@@ -13,6 +13,7 @@ from zoneinfo import ZoneInfo
 
 import msgspec
 
+from shared.redis_keys import PRIORITY_LIMIT
 from shared.rules.address import is_country_code, split_street_full
 from shared.rules.dates import parse_order_datetime
 from shared.schemas import (
@@ -29,6 +30,7 @@ from shared.schemas import (
     json_encoder,
 )
 
+INT32_MAX = 2_147_483_647
 ADDRESS_REQUIRED = ("firstname", "lastname", "street", "housenumber", "postcode", "city", "country")
 ADDRESS_OPTIONAL = ("company", "housenumber_ext", "region", "phone", "email", "method")
 STATUSES = (0, 1, 8, 9)
@@ -155,8 +157,8 @@ def _line(c: _Collector, loc: str, item: ItemIn) -> Line | None:
     if not sku:
         c.error(loc + ".sku", "required")
     qty = _int(c, loc + ".qty", item.qty, None)
-    if qty is not None and qty <= 0:
-        c.error(loc + ".qty", "must be greater than 0")
+    if qty is not None and not 0 < qty <= INT32_MAX:
+        c.error(loc + ".qty", f"must be between 1 and {INT32_MAX}")
     allocation = _int(c, loc + ".allocation_type", item.allocation_type, 1)
     if allocation is not None and allocation not in (1, 2):
         c.error(loc + ".allocation_type", "must be 1 (reservation) or 2 (direct)")
@@ -213,6 +215,24 @@ def unknown_fields(body: dict[str, Any]) -> list[Problem]:
     return found
 
 
+def nul_characters(value: Any, loc: str) -> list[Problem]:
+    """Every string or key holding U+0000: PostgreSQL cannot store it, so it is refused up front."""
+    found: list[Problem] = []
+    if isinstance(value, str):
+        if "\x00" in value:
+            found.append(Problem(loc=loc, msg="NUL characters (\\u0000) are not allowed"))
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            if "\x00" in k:
+                found.append(Problem(loc=loc, msg="NUL characters (\\u0000) are not allowed in field names"))
+            else:
+                found += nul_characters(v, f"{loc}.{k}")
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            found += nul_characters(v, f"{loc}[{i}]")
+    return found
+
+
 def parse_request(body: Any) -> EnqueueRequest:
     """Typed view of a decoded body; msgspec.ValidationError names the first wrong shape."""
     return msgspec.convert(body, type=EnqueueRequest, strict=False)
@@ -241,8 +261,8 @@ def normalize_order(payload: PayloadIn | None, zone: ZoneInfo) -> tuple[Order, l
     if order_type is not None and order_type not in (0, 1):
         c.error("$.payload.type", "must be 0 (normal) or 1 (POS)")
     priority = _int(c, "$.payload.priority", p.priority, 0)
-    if priority is not None and abs(priority) > 1_000_000:
-        c.error("$.payload.priority", "must be between -1000000 and 1000000")
+    if priority is not None and abs(priority) > PRIORITY_LIMIT:
+        c.error("$.payload.priority", f"must be between -{PRIORITY_LIMIT} and {PRIORITY_LIMIT}")
     flag_partial = _int(c, "$.payload.flag_partial", p.flag_partial, 0)
     if flag_partial is not None and flag_partial not in (0, 1, 2):
         c.error("$.payload.flag_partial", "must be 0, 1 or 2")

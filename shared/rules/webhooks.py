@@ -122,7 +122,7 @@ def retry_after_seconds(value: str | None, now: dt.datetime, max_s: float) -> fl
         return None
     value = value.strip()
     seconds: float
-    if value.isdigit():
+    if value.isascii() and value.isdigit():
         seconds = float(value)
     else:
         try:

@@ -54,6 +54,13 @@ FROM addresses WHERE order_id = $1;
 SELECT version, seq, at, receipt_id, changes
 FROM order_versions WHERE order_id = $1 ORDER BY version;
 
+-- name: batch_lock_references
+-- Transaction-scoped advisory locks on every (entity, reference) of a batch, taken in sorted
+-- order; they also cover references that have no row yet.
+SELECT count(pg_advisory_xact_lock(hashtextextended(t.entity_id || chr(31) || t.reference, 0)))
+FROM (SELECT entity_id, reference FROM unnest($1::text[], $2::text[]) AS u (entity_id, reference)
+      ORDER BY entity_id, reference) AS t;
+
 -- name: batch_lock_orders
 -- The orders a batch touches, locked in one order (entity, reference) so batches never deadlock.
 SELECT o.order_id, o.entity_id, o.reference, o.source_id, o.seq, o.state, o.status, o.version,
@@ -138,7 +145,8 @@ FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::te
             $12::bigint[])
   AS t (receipt_id, entity_id, seq, reference, source_id, state, code, reason, warnings,
         received_at, stored_at, order_id)
-ON CONFLICT (receipt_id) DO NOTHING;
+ON CONFLICT (receipt_id) DO NOTHING
+RETURNING receipt_id;
 
 -- name: batch_insert_events
 INSERT INTO order_events (entity_id, order_id, reference, source_id, type, version, priority, data, created_at)
@@ -146,3 +154,7 @@ SELECT entity_id, order_id, reference, source_id, type, version, priority, data:
 FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::integer[],
             $7::integer[], $8::text[], $9::timestamptz[])
   AS t (entity_id, order_id, reference, source_id, type, version, priority, data, created_at);
+
+-- name: seq_floor
+-- Where a lost Redis sequence counter starts again: above everything stored (rare; a scan).
+SELECT coalesce(max(seq), 0) FROM receipts;

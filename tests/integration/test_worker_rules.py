@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import secrets
@@ -11,6 +12,8 @@ from typing import Any
 import msgspec
 
 from shared.queue import IngestQueue, make_envelope, receipt_id
+from shared.redis_keys import RedisKeys
+from worker.store import store_batch
 from shared.schemas import Header, json_encoder
 from tests.conftest import Tenant, order_body
 
@@ -227,3 +230,97 @@ async def test_aging_lets_a_long_waiting_payload_jump_the_queue(consumer, tenant
     assert [seq for seq, _ in await consumer.queue.claim(2, 30, aging_s=60)] == [1, 2]
     await consumer.queue.ack([1, 2])
     assert await redis.zcard(keys.arrivals) == 2  # only the two still waiting
+
+
+async def test_a_lost_sequence_counter_restarts_above_what_is_stored(http, server, tenant, consumer, pool, redis):
+    headers = await tenant.headers()
+    for city in ("A", "B", "C"):
+        async with http.post(server.url + "/api/v1/order/enqueue", json=order_body("SQ", shipping_city=city),
+                             headers=headers) as resp:
+            assert resp.status == 202
+    await consumer.drain()
+    await redis.delete(consumer.queue.keys.seq)  # Redis lost its data
+    async with http.post(server.url + "/api/v1/order/enqueue", json=order_body("SQ", status="9"),
+                         headers=headers) as resp:
+        assert resp.status == 202
+        rid = (await resp.json())["data"]["receipt_id"]
+    assert rid.startswith("rcpt_4_")
+    await consumer.drain()
+    assert (await receipt(pool, rid))["state"] == "stored"
+    assert await pool.fetchval("SELECT state FROM orders WHERE reference = 'SQ'") == "cancelled"
+
+
+async def test_a_payload_processed_twice_emits_its_rejection_once(consumer, tenant, pool):
+    f = await feeder(consumer, tenant)
+    await f.put(order_body("RJ")["payload"])
+    await f.put(order_body("RJ", source_id="ebay")["payload"])
+    batch = await consumer.queue.claim(10, 30)
+    async with pool.acquire() as conn:
+        await store_batch(conn, batch, T0)
+        await store_batch(conn, batch, T0)  # as if the lease expired after the commit
+    types = [r["type"] for r in await pool.fetch("SELECT type FROM order_events ORDER BY event_id")]
+    assert types == ["order.created", "order.rejected"]
+
+
+async def test_two_workers_racing_on_the_same_new_references(consumer, tenant, pool, settings):
+    from shared.db import create_pool
+
+    f = await feeder(consumer, tenant)
+    refs = [f"NR{i}" for i in range(30)]
+    envs_a = [await f.put(order_body(r, shipping_city="A")["payload"]) for r in refs]
+    envs_b = [await f.put(order_body(r, shipping_city="B")["payload"]) for r in reversed(refs)]
+    assert len(envs_a) == len(envs_b) == 30
+    claimed = await consumer.queue.claim(60, 30)
+    first, second = claimed[:30], claimed[30:]
+    pools = [await create_pool(settings.database_url, min_size=1, max_size=1) for _ in range(2)]
+    try:
+        async def run(p, batch):
+            async with p.acquire() as conn:
+                return await store_batch(conn, batch, T0)
+
+        results = await asyncio.gather(run(pools[0], first), run(pools[1], second))
+    finally:
+        for p in pools:
+            await p.close()
+    assert sum(len(r) for r in results) == 60
+    assert await pool.fetchval("SELECT count(*) FROM orders") == 30
+    # the later payload (B) wins everywhere, whatever order the two transactions ran in
+    cities = {r["city"] for r in await pool.fetch("SELECT city FROM addresses WHERE kind = 'shipping'")}
+    assert cities == {"B"}
+    assert await pool.fetchval("SELECT count(*) FROM order_versions WHERE version > 2") == 0
+
+
+async def test_poison_payloads_are_refused_at_the_door(http, server, tenant, redis, settings):
+    headers = await tenant.headers()
+    cases = [order_body("BAD\u0000X"), order_body("OK", gift="a\u0000b"), order_body("OK", **{"k\u0000": 1})]
+    big = order_body("OK")
+    big["payload"]["items"][0]["qty"] = "99999999999"
+    cases.append(big)
+    for body in cases:
+        async with http.post(server.url + "/api/v1/order/enqueue", json=body, headers=headers) as resp:
+            assert resp.status == 422, await resp.text()
+    assert await redis.zcard(RedisKeys.for_prefix(settings.redis_prefix).ready) == 0
+
+
+async def test_older_poison_in_the_queue_does_not_stall_it(consumer, tenant, pool):
+    f = await feeder(consumer, tenant)
+    good = await f.put(order_body("G1")["payload"])
+    bad = await f.put(order_body("BAD\u0000X")["payload"])  # accepted before the receiver checked
+    over = order_body("OVER")["payload"]
+    over["items"][0]["qty"] = 99999999999
+    too_big = await f.put(over)
+    assert await consumer.drain() == 3
+    assert (await receipt(pool, good))["state"] == "stored"
+    assert (await receipt(pool, bad))["state"] == "rejected"
+    assert (await receipt(pool, too_big))["state"] == "rejected"
+    assert await consumer.queue.depth() == {"ready": 0, "leased": 0}
+
+
+async def test_unreadable_payload_is_set_aside_not_retried(consumer, tenant, pool, redis):
+    f = await feeder(consumer, tenant)
+    good = await f.put(order_body("OK1")["payload"])
+    [seq] = await consumer.queue.enqueue_many([(0, "k", "a", b'["not-a-header"]\n{}')])
+    assert await consumer.drain() == 2
+    assert (await receipt(pool, good))["state"] == "stored"
+    assert await redis.hexists(consumer.queue.keys.dead, str(seq))
+    assert await consumer.queue.depth() == {"ready": 0, "leased": 0}
