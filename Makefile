@@ -20,6 +20,8 @@ test: install
 	$(BIN)/pytest -q -p no:cacheprovider
 
 bench: install
+	$(BIN)/pip install -q -e '.[bench]'
+	@command -v wrk >/dev/null || { echo "bench needs wrk: apt-get install -y wrk"; exit 1; }
 	$(BIN)/python -m bench
 
 clean:

@@ -60,7 +60,7 @@ class BenchEnv:
 
     def cli(self, *args: str) -> dict[str, Any]:
         out = subprocess.run([ORDERFLOW, *args, "--json"], env=self.child_env(), capture_output=True,
-                             text=True, timeout=120)
+                             text=True, timeout=120, check=False)
         if out.returncode != 0:
             raise RuntimeError(f"orderflow {' '.join(args)} failed: {out.stderr.strip()[-1500:]}")
         result: dict[str, Any] = json.loads(out.stdout)
@@ -122,6 +122,13 @@ class BenchEnv:
         try:
             await conn.execute(f"TRUNCATE {', '.join(DATA_TABLES)} RESTART IDENTITY CASCADE")
             await conn.execute("VACUUM ANALYZE")
+        finally:
+            await conn.close()
+
+    async def pg_setting(self, name: str) -> str:
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            return str(await conn.fetchval("SELECT current_setting($1)", name))
         finally:
             await conn.close()
 

@@ -93,11 +93,18 @@ class CpuMeter:
                 "neighbours_cores": round(max(0.0, busy_cores - ours), 2) if self.dsn is not None else None}
 
 
-def per_order_us(cpu: dict[str, Any], rate: float) -> dict[str, float]:
-    """CPU microseconds per order for each entry of cpu['cores_used'] at `rate` orders/s."""
-    if rate <= 0:
-        return {}
-    return {name: round(cores * 1e6 / rate, 1) for name, cores in cpu["cores_used"].items() if cores is not None}
+def per_order_us(cpu: dict[str, Any], rate: float, stored_rate: float | None = None) -> dict[str, float]:
+    """CPU microseconds per order for each entry of cpu['cores_used'].
+
+    The receiver and Redis are divided by the accepted `rate`, workers and PostgreSQL by
+    `stored_rate` (when given): a worker that falls behind did less work, not cheaper work.
+    """
+    out = {}
+    for name, cores in cpu["cores_used"].items():
+        r = stored_rate if stored_rate is not None and ("worker" in name or "postgres" in name) else rate
+        if cores is not None and r and r > 0:
+            out[name] = round(cores * 1e6 / r, 1)
+    return out
 
 
 class Monitor:
@@ -118,7 +125,7 @@ class Monitor:
             try:
                 counts = await self.env.queue_counts()
                 sample["ready"], sample["leased"], sample["seq"] = counts["ready"], counts["leased"], counts["seq"]
-            except Exception:  # noqa: BLE001 - a missed sample is not a failure
+            except Exception:  # noqa: BLE001, S110 - a missed sample is not a failure
                 pass
             self.samples.append(sample)
             await asyncio.sleep(self.interval)
@@ -133,3 +140,97 @@ class Monitor:
                 await self._task
             except asyncio.CancelledError:
                 pass
+
+
+class PgSampler:
+    """What our database's backends are doing, sampled from pg_stat_activity every `interval` s.
+
+    A poor man's statement profile that needs no extension: the share of samples in which a
+    backend was active in each statement (named after shared/sql), or waiting on a lock.
+    """
+
+    def __init__(self, dsn: str, interval: float = 0.05) -> None:
+        self.dsn, self.interval = dsn, interval
+        self.counts: dict[str, int] = {}
+        self.samples = 0
+        self._task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        import asyncpg
+
+        from shared.db import QUERIES
+
+        # pg_stat_activity cuts long statements (track_activity_query_size): match on a prefix
+        names = {" ".join(q.split())[:300]: n for n, q in QUERIES.items()}
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            while True:
+                rows = await conn.fetch(
+                    "SELECT query, wait_event_type, wait_event FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND state = 'active' AND pid <> pg_backend_pid()")
+                self.samples += 1
+                for r in rows:
+                    text = " ".join((r["query"] or "").split())
+                    name = names.get(text[:300]) or text[:70]
+                    if r["wait_event_type"] in ("Lock", "LWLock", "IO", "Client"):
+                        name += f"  [waiting {r['wait_event_type']}:{r['wait_event']}]"
+                    self.counts[name] = self.counts.get(name, 0) + 1
+                await asyncio.sleep(self.interval)
+        finally:
+            await conn.close()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> dict[str, Any]:
+        """Average number of backends busy in each statement (1.0 = one backend all the time)."""
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001, S110 - stopping; a failed sampler only loses samples
+                pass
+        top = sorted(self.counts.items(), key=lambda kv: -kv[1])[:20]
+        return {"samples": self.samples, "interval_s": self.interval,
+                "busy_backends": {k: round(v / max(1, self.samples), 3) for k, v in top}}
+
+
+class Analyzer:
+    """ANALYZE the pipeline's tables every `interval` s, standing in for autovacuum.
+
+    The PostgreSQL on the development machines runs with autovacuum off; without statistics
+    the planner keeps seq-scanning tables that grow during the run (and caches that plan in
+    each connection's prepared statements), which no production server with autovacuum on
+    would do. --no-analyze measures that case instead.
+    """
+
+    TABLES = "orders, order_lines, addresses, receipts, order_versions, order_events, products"
+
+    def __init__(self, dsn: str, interval: float = 5.0) -> None:
+        self.dsn, self.interval = dsn, interval
+        self.runs = 0
+        self._task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        import asyncpg
+
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            while True:
+                await asyncio.sleep(self.interval)
+                await conn.execute(f"ANALYZE {self.TABLES}")
+                self.runs += 1
+        finally:
+            await conn.close()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> int:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001, S110 - stopping; a failed sampler only loses samples
+                pass
+        return self.runs

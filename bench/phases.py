@@ -15,7 +15,7 @@ import asyncpg
 
 from bench import wrk
 from bench.env import REPO, BenchEnv
-from bench.monitor import CpuMeter, Monitor, per_order_us
+from bench.monitor import Analyzer, CpuMeter, Monitor, PgSampler, per_order_us
 from bench.orders import body_for, body_template, envelope
 from bench.procs import Proc
 
@@ -40,6 +40,7 @@ class Options:
     e2e_rate: float
     e2e_connections: int
     drain_cap_s: float
+    analyze: bool = True  # stand in for autovacuum's ANALYZE (see monitor.Analyzer)
 
 
 async def post_one(url: str, body: dict[str, Any]) -> tuple[int, str]:
@@ -202,6 +203,11 @@ async def worker_round(env: BenchEnv, opts: Options, n: int, say: Say) -> dict[s
     workers = await env.start_workers(opts.workers, opts.concurrency, "store")
     meter = CpuMeter(workers, env.dsn)
     await meter.start()
+    pg_sampler = PgSampler(env.dsn)
+    pg_sampler.start()
+    analyzer = Analyzer(env.dsn)
+    if opts.analyze:
+        analyzer.start()
     t0 = time.time()
     await env.queue.pause(False)
     deadline = time.monotonic() + max(120.0, n / 100)
@@ -214,6 +220,8 @@ async def worker_round(env: BenchEnv, opts: Options, n: int, say: Say) -> dict[s
         await asyncio.sleep(0.05)
     t1 = time.time()
     cpu = await meter.stop()
+    pg_activity = await pg_sampler.stop()
+    analyzed = await analyzer.stop()
     codes = {w.name: env.stop(w) for w in workers}
     conn = await asyncpg.connect(env.dsn)
     try:
@@ -224,7 +232,9 @@ async def worker_round(env: BenchEnv, opts: Options, n: int, say: Say) -> dict[s
     seconds = t1 - t0
     return {"orders": n, "seconds": round(seconds, 3), "rate_per_s": round(n / seconds, 1),
             "receipts": states, "ok": states.get("stored", 0) == n and sum(states.values()) == n,
-            "cpu": cpu, "cpu_us_per_order": per_order_us(cpu, n / seconds), "worker_exit_codes": codes, "logs": {w.name: scan_log(w) for w in workers}}
+            "cpu": cpu, "cpu_us_per_order": per_order_us(cpu, n / seconds), "pg_activity": pg_activity,
+            "analyze_runs": analyzed,
+            "worker_exit_codes": codes, "logs": {w.name: scan_log(w) for w in workers}}
 
 
 async def phase_store(env: BenchEnv, opts: Options, say: Say) -> dict[str, Any]:
@@ -298,6 +308,11 @@ async def phase_e2e(env: BenchEnv, opts: Options, say: Say) -> dict[str, Any]:
     script = wrk.write_script(env.log_dir / "e2e.lua", prefix, suffix, "e-", opts.e2e_rate, opts.threads)
     monitor = Monitor(env, procs)
     monitor.start()
+    pg_sampler = PgSampler(env.dsn)
+    pg_sampler.start()
+    analyzer = Analyzer(env.dsn)
+    if opts.analyze:
+        analyzer.start()
     meter = CpuMeter(procs, env.dsn)
     await meter.start()
     t_load0 = time.time()
@@ -310,6 +325,7 @@ async def phase_e2e(env: BenchEnv, opts: Options, say: Say) -> dict[str, Any]:
     t_load1 = time.time()
     rss_end = {p.name: p.rss_kb() for p in procs}
     cpu = await meter.stop()
+    pg_activity = await pg_sampler.stop()
     say(f"   load done: {res.accepted:,} 202s ({res.rate:,.0f}/s); draining the queue "
         f"(at most {opts.drain_cap_s:.0f} s)")
     drain_deadline = time.monotonic() + opts.drain_cap_s
@@ -319,6 +335,7 @@ async def phase_e2e(env: BenchEnv, opts: Options, say: Say) -> dict[str, Any]:
             break
         await asyncio.sleep(0.1)
     t_drained = time.time()
+    analyzed = await analyzer.stop()
     await asyncio.sleep(0.6)
     await monitor.stop()
     counts = await env.queue_counts()
@@ -381,7 +398,8 @@ async def phase_e2e(env: BenchEnv, opts: Options, say: Say) -> dict[str, Any]:
                   "max": lag["max"], "mean": float(lag["mean"]) if lag["mean"] is not None else None},
         "drain_s": round(t_drained - t_load1, 2), "left_in_queue": left, "accepted_by_redis": counts["seq"],
         "receipts": states, "errors": errors, "errors_total": sum(errors.values()),
-        "rss": rss, "cpu": cpu, "cpu_us_per_order": per_order_us(cpu, window["received"] / load_s),
+        "rss": rss, "cpu": cpu, "pg_activity": pg_activity, "analyze_runs": analyzed,
+        "cpu_us_per_order": per_order_us(cpu, window["received"] / load_s, window["stored"] / load_s),
         "exit_codes": codes, "logs": logs, "series": series,
         "workers": opts.workers, "concurrency": opts.concurrency,
     }

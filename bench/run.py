@@ -41,6 +41,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="wrk threads")
     p.add_argument("--uvloop", action="store_true",
                    help="run every process (bare app, receiver, workers) on uvloop (A/B; needs uvloop from PyPI)")
+    p.add_argument("--no-analyze", action="store_true",
+                   help="do not ANALYZE the tables every 5 s during phases 2 and 3 (the local PostgreSQL "
+                        "runs with autovacuum off; see bench/README.md)")
     p.add_argument("--only", default="ingest,store,e2e", help="comma-separated phases to run")
     p.add_argument("--profile", action="store_true",
                    help="instead of measuring: py-spy the receiver and the workers under load (bench/profile.py)")
@@ -63,7 +66,7 @@ def options(args: argparse.Namespace) -> Options:
         store_orders=args.orders or (8000 if quick else 30000), workers=args.workers,
         concurrency=args.concurrency, claim_batch=int(os.environ.get("ORDERFLOW_CLAIM_BATCH", "200")),
         e2e_seconds=e2e_s, e2e_rate=args.rate, e2e_connections=args.e2e_connections,
-        drain_cap_s=max(20.0, min(60.0, e2e_s)))
+        drain_cap_s=max(20.0, min(60.0, e2e_s)), analyze=not args.no_analyze)
 
 
 def say(text: str) -> None:
@@ -83,7 +86,7 @@ def git_state() -> dict[str, Any]:
     def git(*a: str) -> str:
         try:
             return subprocess.run(["git", *a], cwd=RESULTS.parents[1], capture_output=True, text=True,
-                                  timeout=10).stdout.strip()
+                                  timeout=10, check=False).stdout.strip()
         except (OSError, subprocess.SubprocessError):
             return ""
 
@@ -137,7 +140,8 @@ def print_report(result: dict[str, Any]) -> None:
     say(f"orderflow bench {result['started']} ({result['mode']}), {result['machine']['cores']} cores, "
         f"load avg at start {result['machine']['loadavg_at_start']}")
     say(f"load generator: {result['load_generator']}")
-    say(f"event loop: {result['event_loop']}")
+    say(f"event loop: {result['event_loop']}; PostgreSQL autovacuum {result.get('pg_autovacuum')}, "
+        f"bench ANALYZE every 5 s: {'yes' if result['options']['analyze'] else 'no'}")
     g = result["git"]
     say(f"code: {g['commit']}" + (f" + uncommitted changes in {len(g['dirty_paths_outside_bench'])} paths"
                                  if g["dirty_paths_outside_bench"] else ""))
@@ -202,6 +206,11 @@ def print_report(result: dict[str, Any]) -> None:
             f"(not this bench) {e2e['cpu']['neighbours_cores']}")
         us = e2e["cpu_us_per_order"]
         say(f"   CPU per order: {budget(us)}")
+        act = e2e.get("pg_activity", {}).get("busy_backends", {})
+        if act:
+            say("   PostgreSQL, our backends busy in (average backends, sampled pg_stat_activity):")
+            for name, v in list(act.items())[:8]:
+                say(f"     {v:5.2f}  {name}")
         sizes = [lg["mean_batch_size"] for name, lg in e2e["logs"].items() if "mean_batch_size" in lg]
         if sizes:
             say(f"   mean batch size in the workers: {', '.join(f'{x:.0f}' for x in sizes)} "
@@ -240,6 +249,7 @@ async def run(args: argparse.Namespace) -> int:
     try:
         say(f"bench: database {env.db_name}, Redis prefix {{{env.prefix}}}, logs in {log_dir}")
         migrated = await env.setup()
+        result["pg_autovacuum"] = await env.pg_setting("autovacuum")
         say(f"   migrated ({migrated}); entity {env.entity_id}, key {env.key_id}")
         if args.profile:
             from bench.profile import run_profile
@@ -256,7 +266,7 @@ async def run(args: argparse.Namespace) -> int:
                 say(f"3. end to end, {opts.e2e_seconds:.0f} s at {opts.e2e_rate:,.0f}/s ...")
                 result["e2e"] = await phase_e2e(env, opts, say)
             result["summary"] = summarize(result)
-    except (Exception, asyncio.CancelledError) as exc:
+    except (Exception, asyncio.CancelledError) as exc:  # noqa: BLE001 - report it, then clean up
         result["failed"] = repr(exc)
         say(f"bench failed: {exc!r} (logs kept in {log_dir})")
         status = 1

@@ -66,7 +66,7 @@ class TimedConnection:
             async def __aenter__(self) -> Any:
                 return await outer._timed("BEGIN", self.tx.__aenter__())
 
-            async def __aexit__(self, *exc: Any) -> Any:
+            async def __aexit__(self, *exc: object) -> Any:
                 return await outer._timed("COMMIT", self.tx.__aexit__(*exc))
 
         return Timed()
@@ -97,7 +97,7 @@ async def main_async(orders: int, batch: int, pg: str) -> None:
             for seq, data in chunk:  # what store_batch's first line does, timed on its own
                 store.prepare(seq, data)
             prepare_s += time.perf_counter() - t
-            await store.store_batch(timed, chunk, dt.datetime.now(dt.UTC))  # type: ignore[arg-type]
+            await store.store_batch(timed, chunk, dt.datetime.now(dt.UTC))
         total = time.perf_counter() - t_all - prepare_s  # store_batch prepares again: count it once
         await conn.close()
         statements = sum(sum(v) for v in times.values())
