@@ -78,5 +78,6 @@ def accept(caller: Caller, payload: Any, *, loc: str = "$.payload",
                     timezone=caller.timezone, received_at=time.time(), priority=order.priority,
                     reference=order.reference, warnings=warnings)
     # Only the payload goes to Redis: the access key stays out of the queue.
-    envelope = make_envelope(json_encoder.encode(header), json_encoder.encode(payload))
+    envelope = make_envelope(json_encoder.encode(header), json_encoder.encode(payload),
+                             json_encoder.encode(order))
     return Accepted(order, warnings, token, envelope)

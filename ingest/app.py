@@ -20,6 +20,7 @@ from ingest.webhooks_api import routes as webhook_routes
 from shared.db import QUERIES, create_pool
 from shared.queue import IngestQueue
 from shared.redis_client import connect_redis
+from shared.runtime import use_fast_event_loop
 from shared.settings import Settings
 
 
@@ -85,5 +86,6 @@ def run(settings: Settings) -> None:
     from shared.logging import configure_logging
 
     configure_logging(settings.log_level, settings.log_format)
+    use_fast_event_loop()
     web.run_app(create_app(settings), host=settings.host, port=settings.port,
                 access_log=None, shutdown_timeout=30, print=None)

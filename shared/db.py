@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import re
 from importlib import resources
 from typing import Any
 
 import asyncpg
+import msgspec
 
 _MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 _BLOCK = re.compile(r"^--\s*name:\s*(\w+)\s*$", re.MULTILINE)
@@ -36,11 +36,15 @@ QUERIES = load_queries()
 
 
 def _jsonb_encode(value: Any) -> bytes:
-    return b"\x01" + json.dumps(value, separators=(",", ":")).encode()
+    return b"\x01" + msgspec.json.encode(value)
 
 
 def _jsonb_decode(data: bytes) -> Any:
-    return json.loads(data[1:])
+    return msgspec.json.decode(data[1:])
+
+
+def _json_encode(value: Any) -> str:
+    return msgspec.json.encode(value).decode()
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
@@ -48,7 +52,7 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     # (version byte 1, then the text) because COPY only speaks binary.
     await conn.set_type_codec("jsonb", encoder=_jsonb_encode, decoder=_jsonb_decode,
                               schema="pg_catalog", format="binary")
-    await conn.set_type_codec("json", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+    await conn.set_type_codec("json", encoder=_json_encode, decoder=msgspec.json.decode, schema="pg_catalog")
 
 
 async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:

@@ -21,15 +21,28 @@ def _script(name: str) -> str:
     return resources.files("shared.lua").joinpath(name).read_text()
 
 
-def make_envelope(header_json: bytes, raw: bytes) -> bytes:
-    """Header first so the worker can read it without parsing the body."""
-    return header_json + b"\n" + raw
+def make_envelope(header_json: bytes, raw: bytes, order_json: bytes | None = None) -> bytes:
+    """Header, raw payload and (optional) the normalised order, one JSON text per line.
+
+    The header comes first so a worker reads it without touching the rest; the normalised
+    order saves the worker from running the order rules a second time.
+    """
+    parts = [header_json, raw] if order_json is None else [header_json, raw, order_json]
+    return b"\n".join(parts)
 
 
 def split_envelope(envelope: bytes) -> tuple[bytes, bytes]:
-    """(header JSON, raw body); the header never contains a newline."""
-    header, _, raw = envelope.partition(b"\n")
+    """(header JSON, raw payload); compact JSON never contains a newline."""
+    header, _, rest = envelope.partition(b"\n")
+    raw, _, _ = rest.partition(b"\n")
     return header, raw
+
+
+def normalised_order(envelope: bytes) -> bytes | None:
+    """The normalised order the receiver put in the envelope, if it did."""
+    _, _, rest = envelope.partition(b"\n")
+    _, sep, order = rest.partition(b"\n")
+    return order if sep else None
 
 
 def receipt_id(seq: int, token: str) -> str:

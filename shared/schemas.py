@@ -309,3 +309,4 @@ class Envelope(Base, kw_only=True, omit_defaults=True):
 json_encoder = msgspec.json.Encoder(decimal_format="string")
 json_decoder = msgspec.json.Decoder()
 header_decoder = msgspec.json.Decoder(Header)
+order_decoder = msgspec.json.Decoder(Order)

@@ -17,6 +17,7 @@ from shared.logging import configure_logging, get_logger
 from shared.queue import IngestQueue
 from shared.redis_client import arq_redis_settings
 from shared.redis_keys import SHIPPED_MEMORY_S
+from shared.runtime import use_fast_event_loop
 from shared.settings import Settings
 from worker.consumer import IngestConsumer, utcnow
 from worker.scheduler import ReleaseScheduler
@@ -105,4 +106,5 @@ def __getattr__(name: str) -> Any:
 def run(settings: Settings, concurrency: int = 2) -> None:
     """Run one worker process until SIGINT/SIGTERM."""
     configure_logging(settings.log_level, settings.log_format)
+    use_fast_event_loop()
     create_worker(settings, concurrency).run()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import hashlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,9 +20,9 @@ import msgspec
 from shared.db import QUERIES
 from shared.events import TRANSITION_EVENTS, Event, order_event_data, write_events
 from shared.logging import get_logger
-from shared.queue import receipt_id, split_envelope
+from shared.queue import normalised_order, receipt_id, split_envelope
 from shared.rules.lifecycle import changed_fields, place, refuse_change
-from shared.rules.order import OrderInvalid, content_hash, normalize_order
+from shared.rules.order import OrderInvalid, normalize_order
 from shared.schemas import (
     Header,
     Order,
@@ -30,6 +31,7 @@ from shared.schemas import (
     header_decoder,
     json_decoder,
     json_encoder,
+    order_decoder,
 )
 from shared.zones import zone_named
 
@@ -52,7 +54,9 @@ class Prepared:
     reference: str
     source_id: str
     order: Order | None = None
-    payload: Any = None
+    # the raw payload as JSON text (stored as is) and the normalised order as JSON bytes
+    payload_json: str = ""
+    order_json: bytes = b""
     warnings: list[Problem] = dataclasses.field(default_factory=list)
     error: str | None = None
 
@@ -109,15 +113,23 @@ def prepare(seq: int, envelope: bytes) -> Prepared:
     received = dt.datetime.fromtimestamp(header.received_at, dt.UTC)
     item = Prepared(seq, header, receipt_id(seq, header.token), received, header.reference, "",
                     warnings=header.warnings)
+    order_json = normalised_order(envelope)
     try:
-        payload = json_decoder.decode(raw)
-        if isinstance(payload, dict):
-            item.source_id = str(payload.get("source_id") or "")
-        typed = msgspec.convert(payload, type=PayloadIn, strict=False)
-        item.order, _ = normalize_order(typed, zone_named(header.timezone))
-        item.payload = payload
+        if order_json is not None:
+            # the receiver already applied the rules: decode its result instead of redoing them
+            item.order = order_decoder.decode(order_json)
+        else:
+            payload = json_decoder.decode(raw)
+            if isinstance(payload, dict):
+                item.source_id = str(payload.get("source_id") or "")
+            typed = msgspec.convert(payload, type=PayloadIn, strict=False)
+            item.order, _ = normalize_order(typed, zone_named(header.timezone))
+            order_json = json_encoder.encode(item.order)
+        item.order_json = order_json
+        item.payload_json = raw.decode()
         item.reference, item.source_id = item.order.reference, item.order.source_id
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
+        item.order = None
         item.error = f"invalid payload: {exc}"
     except OrderInvalid as exc:
         item.error = "; ".join(f"{p.loc}: {p.msg}" for p in exc.errors)
@@ -233,8 +245,8 @@ async def _plan_and_write(
                 receipts.append(_receipt(item, now, "superseded", 409,
                                 f"a newer update (sequence {cur.seq}) is already stored", key))
             continue
-        document = msgspec.to_builtins(order)
-        digest = content_hash(order)
+        document = json_decoder.decode(item.order_json)
+        digest = hashlib.sha256(item.order_json).digest()  # == shared.rules.order.content_hash
         if cur is not None and digest == cur.content_hash:
             cur.seq = bumps[key] = item.seq
             receipts.append(_receipt(item, now, "stored", 200, "identical repeat: nothing changed", key))
@@ -324,7 +336,7 @@ async def _write_orders(
         values = (entity_id, reference, o.source_id, cur.seq, cur.state, o.status, o.type, o.priority,
                   o.flag_partial, o.cod_amount, o.currency, o.shipping_method, o.customer_id, _json(o.options),
                   o.created_at, o.delivery_at, cur.release_at, cur.released_at, cur.stored_at, now,
-                  cur.version, cur.content_hash, _json(cur.document), _json(item.payload))
+                  cur.version, cur.content_hash, item.order_json.decode(), item.payload_json)
         for col, value in zip(cols, values, strict=True):
             col.append(value)
     rows = await conn.fetch(QUERIES["batch_upsert_orders"], *cols)
@@ -334,10 +346,12 @@ async def _write_orders(
     # Rewrite lines and addresses only where they changed: shipped quantities live on the lines.
     line_keys = [k for k in writes if touched[k] & {"*", "items"}]
     address_keys = [k for k in writes if touched[k] & {"*", "billing", "shipping"}]
-    if line_keys:
-        await conn.execute(QUERIES["batch_clear_lines"], [ids[k] for k in line_keys])
-    if address_keys:
-        await conn.execute(QUERIES["batch_clear_addresses"], [ids[k] for k in address_keys])
+    # a new order has nothing to delete (and the deletes cost more than they look)
+    existed = {k for k, (_, cur) in writes.items() if cur.order_id is not None}
+    if clear := [ids[k] for k in line_keys if k in existed]:
+        await conn.execute(QUERIES["batch_clear_lines"], clear)
+    if clear := [ids[k] for k in address_keys if k in existed]:
+        await conn.execute(QUERIES["batch_clear_addresses"], clear)
     lines, addresses = [], []
     for key in line_keys:
         o = writes[key][0].order

@@ -294,3 +294,14 @@ SELECT d.delivery_id, d.subscription_id, d.event_id, d.event_type, d.state, d.at
 FROM webhook_deliveries d
 WHERE d.event_id = ANY($1::bigint[])
 ORDER BY d.delivery_id DESC;
+
+-- name: dash_delivered_per_second
+-- Deliveries that succeeded in [$1, $2) (unix seconds), per second.
+SELECT floor(extract(epoch FROM delivered_at))::bigint AS second, count(*) AS n
+FROM webhook_deliveries
+WHERE state = 'delivered' AND delivered_at >= to_timestamp($1) AND delivered_at < to_timestamp($2)
+GROUP BY 1;
+
+-- name: dash_delivered_between
+SELECT count(*) FROM webhook_deliveries
+WHERE state = 'delivered' AND delivered_at > $1 AND delivered_at <= $2;

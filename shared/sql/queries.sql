@@ -92,7 +92,7 @@ INSERT INTO orders AS o (
 SELECT entity_id, reference, source_id, seq, state, status, type, priority, flag_partial,
        cod_amount, currency, shipping_method, customer_id, options::jsonb, created_at,
        delivery_at, release_at, released_at, stored_at, updated_at, version, content_hash,
-       document::jsonb, raw::jsonb
+       document::json, raw::json
 FROM unnest(
     $1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::smallint[],
     $7::smallint[], $8::integer[], $9::smallint[], $10::numeric[], $11::text[], $12::text[],
@@ -150,7 +150,7 @@ RETURNING receipt_id;
 
 -- name: batch_insert_events
 INSERT INTO order_events (entity_id, order_id, reference, source_id, type, version, priority, data, created_at)
-SELECT entity_id, order_id, reference, source_id, type, version, priority, data::jsonb, created_at
+SELECT entity_id, order_id, reference, source_id, type, version, priority, data::json, created_at
 FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::integer[],
             $7::integer[], $8::text[], $9::timestamptz[])
   AS t (entity_id, order_id, reference, source_id, type, version, priority, data, created_at);

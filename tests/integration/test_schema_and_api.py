@@ -29,7 +29,7 @@ EXPECTED = {
         "created_at": "timestamp with time zone", "delivery_at": "timestamp with time zone",
         "release_at": "timestamp with time zone", "released_at": "timestamp with time zone",
         "stored_at": "timestamp with time zone", "updated_at": "timestamp with time zone",
-        "version": "integer", "content_hash": "bytea", "document": "jsonb", "raw": "jsonb",
+        "version": "integer", "content_hash": "bytea", "document": "json", "raw": "json",
         "partial_shipments": "integer", "shipped_at": "timestamp with time zone"},
     "order_lines": {"order_id": "bigint", "line_no": "integer", "sku": "text", "qty": "integer",
                     "description": "text", "weight": "numeric", "reference": "text",
@@ -49,7 +49,7 @@ EXPECTED = {
                        "at": "timestamp with time zone", "receipt_id": "text", "changes": "jsonb"},
     "order_events": {"event_id": "bigint", "entity_id": "text", "order_id": "bigint", "reference": "text",
                      "source_id": "text", "type": "text", "version": "integer", "priority": "integer",
-                     "data": "jsonb", "created_at": "timestamp with time zone",
+                     "data": "json", "created_at": "timestamp with time zone",
                      "dispatched_at": "timestamp with time zone"},
     "schema_migrations": {"version": "integer", "name": "text", "applied_at": "timestamp with time zone"},
 }

@@ -62,3 +62,5 @@ CREATE TABLE delivery_discards (
 CREATE INDEX webhook_deliveries_failed ON webhook_deliveries (delivery_id DESC) WHERE state = 'failed';
 -- an order's page: the deliveries of its events
 CREATE INDEX webhook_deliveries_event ON webhook_deliveries (event_id);
+-- delivered per second for the overview and /metrics, read back over the last seconds only
+CREATE INDEX webhook_deliveries_delivered ON webhook_deliveries (delivered_at) WHERE state = 'delivered';
