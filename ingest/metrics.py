@@ -2,9 +2,9 @@
 
 The receiver does not count orders itself: the enqueue script and the workers already keep
 per-second counters in Redis (`{prefix}:stats:<second>`), for every receiver and worker of
-the deployment. A scrape adds the seconds that completed since the previous scrape to this
-process's totals, so the counters are deployment-wide and start at zero when the process
-starts (rate() handles that like any restart). Scrape one receiver per deployment, or
+the deployment, and webhook deliveries carry `delivered_at` in PostgreSQL. A scrape adds
+what completed since the previous scrape to this process's totals, so the counters are
+deployment-wide and start at zero when the process starts (rate() handles that like any restart). Scrape one receiver per deployment, or
 aggregate with max() across them: every receiver reports the same deployment.
 """
 
@@ -29,7 +29,7 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 from redis.exceptions import RedisError
 
-from ingest.dashboard.data import STAT_FIELDS, RedisView, open_failures
+from ingest.dashboard.data import LIVE_FIELDS, RedisView, open_failures
 from ingest.keys import POOL, QUEUE
 from shared.db import QUERIES
 from shared.logging import get_logger
@@ -40,8 +40,8 @@ log = get_logger(__name__)
 LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 # a second's counters may still grow briefly after it ends (worker clocks, acks in flight)
 STATS_SETTLE_S = 2
-# a batch's receipts carry the time the batch started; its commit comes a little later
-LAG_SETTLE = dt.timedelta(seconds=5)
+# rows carry the time their transaction began (a batch's receipts, a delivery); the commit comes later
+PG_SETTLE = dt.timedelta(seconds=5)
 COUNTER_HELP = {
     "received": "Orders accepted with 202 and handed to Redis.",
     "stored": "Payloads stored in PostgreSQL (receipt state stored).",
@@ -63,8 +63,8 @@ class DeploymentMetrics(Collector):
         self._lock = asyncio.Lock()
         self._created = time.time()
         self._stats_cursor: int | None = None
-        self.totals = {f: 0 for f in STAT_FIELDS}
-        self._lag_cursor: dt.datetime | None = None
+        self.totals = {f: 0 for f in LIVE_FIELDS}
+        self._pg_cursor: dt.datetime | None = None
         self._lag_buckets = [0] * (len(LAG_BUCKETS) + 1)
         self._lag_sum = 0.0
         self._gauges: dict[str, float] = {}
@@ -110,14 +110,15 @@ class DeploymentMetrics(Collector):
 
     async def _refresh_postgres(self, pool: asyncpg.Pool) -> None:
         async with pool.acquire() as conn:
-            upto = await conn.fetchval(QUERIES["dash_db_now"]) - LAG_SETTLE
-            if self._lag_cursor is None:
-                self._lag_cursor = upto
-            if upto > self._lag_cursor:
-                for row in await conn.fetch(QUERIES["dash_lag_histogram"], self._lag_cursor, upto, list(LAG_BUCKETS)):
+            upto = await conn.fetchval(QUERIES["dash_db_now"]) - PG_SETTLE
+            if self._pg_cursor is None:
+                self._pg_cursor = upto
+            if upto > self._pg_cursor:
+                for row in await conn.fetch(QUERIES["dash_lag_histogram"], self._pg_cursor, upto, list(LAG_BUCKETS)):
                     self._lag_buckets[row["bucket"]] += row["n"]
                     self._lag_sum += row["total"]
-                self._lag_cursor = upto
+                self.totals["delivered"] += await conn.fetchval(QUERIES["dash_delivered_between"], self._pg_cursor, upto)
+                self._pg_cursor = upto
             sched = await conn.fetchrow(QUERIES["dash_scheduled_totals"], upto)
         failures = await open_failures(pool)
         assert sched is not None

@@ -144,13 +144,15 @@ async def store_batch(
     for attempt in range(3):
         try:
             async with conn.transaction():
-                return await _plan_and_write(conn, prepared, now)
+                receipts = await _plan_and_write(conn, prepared, now)
+                await _keep_rejected(conn, receipts, dict(batch))
+                return receipts
         except (BatchRace, asyncpg.DeadlockDetectedError) as exc:
             log.info("batch_race_retry", attempt=attempt, error=repr(exc))
         except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError,
                 asyncpg.ProgramLimitExceededError, OverflowError, ValueError) as exc:
             if len(prepared) == 1:
-                return await _reject_alone(conn, prepared[0], now, f"could not be stored: {exc}")
+                return await _reject_alone(conn, prepared[0], now, f"could not be stored: {exc}", batch[0][1])
             log.warning("batch_split", size=len(prepared), error=str(exc))
             rows: list[ReceiptRow] = []
             for item in prepared:
@@ -174,7 +176,16 @@ def _reenvelope(item: Prepared, batch: Sequence[tuple[int, bytes]]) -> bytes:
     return next(env for seq, env in batch if seq == item.seq)
 
 
-async def _reject_alone(conn: asyncpg.Connection, item: Prepared, now: dt.datetime, reason: str) -> list[ReceiptRow]:
+async def _keep_rejected(conn: asyncpg.Connection, receipts: list[ReceiptRow], envelopes: dict[int, bytes]) -> None:
+    """Keep rejected payloads so an operator can retry them from the dashboard."""
+    rejected = [r for r in receipts if r.state == "rejected"]
+    if rejected:
+        await conn.execute(QUERIES["dash_keep_failed_payloads"], [r.receipt_id for r in rejected],
+                           [r.entity_id for r in rejected], [envelopes[r.seq] for r in rejected])
+
+
+async def _reject_alone(conn: asyncpg.Connection, item: Prepared, now: dt.datetime, reason: str,
+                        envelope: bytes) -> list[ReceiptRow]:
     row = _receipt(item, now, "rejected", 422, reason)
     event = Event((row.entity_id, row.reference), row.source_id, "order.rejected", 0, 0,
                   {"receipt_id": row.receipt_id, "reference": row.reference, "source_id": row.source_id,
@@ -182,6 +193,7 @@ async def _reject_alone(conn: asyncpg.Connection, item: Prepared, now: dt.dateti
     async with conn.transaction():
         if await _write_receipts(conn, [row], {}):
             await write_events(conn, [event], {}, now)
+            await _keep_rejected(conn, [row], {row.seq: envelope})
     return [row]
 
 

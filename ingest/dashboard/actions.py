@@ -11,7 +11,7 @@ import asyncpg
 import msgspec
 from aiohttp import web
 
-from ingest.dashboard.auth import audit
+from ingest.dashboard.auth import audit, over_https
 from ingest.dashboard.keys import SESSION
 from ingest.dashboard.render import PREFIX, url
 from ingest.keys import POOL, QUEUE
@@ -84,7 +84,7 @@ async def redirect(request: web.Request, fallback: str, message: str) -> web.HTT
     target = back if isinstance(back, str) and back.startswith(PREFIX + "/") and "//" not in back else fallback
     resp = web.HTTPSeeOther(target)
     resp.set_cookie(FLASH_COOKIE, base64.urlsafe_b64encode(message.encode()).decode(), path=PREFIX,
-                    httponly=True, samesite="Strict", secure=request.secure, max_age=60)
+                    httponly=True, samesite="Strict", secure=over_https(request), max_age=60)
     return resp
 
 

@@ -14,7 +14,7 @@ from ingest.dashboard.keys import HUB, STOPPING
 from ingest.dashboard.render import PREFIX
 from ingest.keys import POOL, QUEUE, REDIS, SETTINGS
 from ingest.metrics import install_metrics
-from shared.db import create_pool
+from shared.db import QUERIES, create_pool
 from shared.queue import IngestQueue
 from shared.redis_client import connect_redis
 from shared.settings import Settings
@@ -73,7 +73,9 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     redis = connect_redis(settings)
     pool = await create_pool(settings.database_url, min_size=0, max_size=4)
-    app[REDIS], app[POOL], app[QUEUE] = redis, pool, IngestQueue(redis, settings.redis_prefix)
+    # retries enqueue too: a lost sequence counter must restart above what PostgreSQL has seen
+    queue = IngestQueue(redis, settings.redis_prefix, seq_floor=lambda: pool.fetchval(QUERIES["seq_floor"]))
+    app[REDIS], app[POOL], app[QUEUE] = redis, pool, queue
     yield
     await pool.close()
     await redis.aclose()

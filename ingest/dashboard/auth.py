@@ -132,6 +132,11 @@ async def security_headers(request: web.Request, response: web.StreamResponse) -
         response.headers.setdefault("Cache-Control", "no-store")
 
 
+def over_https(request: web.Request) -> bool:
+    """True for HTTPS, also behind a proxy that says so (trusting it can only make cookies stricter)."""
+    return request.secure or request.headers.get("X-Forwarded-Proto", "").lower() == "https"
+
+
 def _safe_next(value: str | None) -> str:
     if value and value.startswith(PREFIX + "/") and not value.startswith("//") and "\\" not in value:
         return value
@@ -153,7 +158,7 @@ def _login_page(request: web.Request, *, error: str | None = None, status: int =
     resp = web.Response(status=status, text=page("Log in", body, operator=None, csrf=None, page_id="login"),
                         content_type="text/html")
     resp.set_cookie(LOGIN_COOKIE, form_token, path=LOGIN_PATH, httponly=True, samesite="Strict",
-                    secure=request.secure, max_age=3600)
+                    secure=over_https(request), max_age=3600)
     return resp
 
 
@@ -182,7 +187,7 @@ async def login(request: web.Request) -> web.Response:
     await audit(pool, name, "login", detail={"address": request.remote or "-"})
     resp = web.HTTPSeeOther(_safe_next(next_url))
     resp.set_cookie(SESSION_COOKIE, session.token, path=PREFIX, httponly=True, samesite="Strict",
-                    secure=request.secure, max_age=SESSION_TTL_S)
+                    secure=over_https(request), max_age=SESSION_TTL_S)
     resp.del_cookie(LOGIN_COOKIE, path=LOGIN_PATH)
     raise resp
 

@@ -15,8 +15,10 @@ from shared.queue import IngestQueue
 from shared.redis_keys import PRIORITY_LIMIT, SEQ_SPAN
 from shared.schemas import header_decoder
 
-# fields of the per-second stats hashes; `delivered` comes from webhook delivery
-STAT_FIELDS = ("received", "stored", "released", "delivered", "rejected", "superseded")
+# fields of the per-second stats hashes in Redis (the enqueue script, the workers)
+STAT_FIELDS = ("received", "stored", "released", "rejected", "superseded")
+# what the overview counts per second: webhook deliveries come from PostgreSQL
+LIVE_FIELDS = ("received", "stored", "released", "delivered", "rejected", "superseded")
 WINDOW_S = 15 * 60
 MAX_LEVELS = 64
 
@@ -170,6 +172,12 @@ class RedisView:
             beats.append(beat)
         beats.sort(key=lambda b: str(b.get("worker_id", "")))
         return beats
+
+
+async def delivered_per_second(pool: asyncpg.Pool, first: int, last: int) -> dict[int, int]:
+    """Webhook deliveries that succeeded in each second first..last (seconds with none left out)."""
+    rows = await pool.fetch(QUERIES["dash_delivered_per_second"], float(first), float(last + 1))
+    return {int(r["second"]): int(r["n"]) for r in rows}
 
 
 async def ingest_lag(pool: asyncpg.Pool, window_s: float = 300, newest: int = 5000) -> dict[str, Any]:

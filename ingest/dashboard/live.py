@@ -11,7 +11,14 @@ import msgspec
 from aiohttp import web
 
 from ingest.dashboard.auth import session_is_alive
-from ingest.dashboard.data import STAT_FIELDS, WINDOW_S, RedisView, ingest_lag, open_failures
+from ingest.dashboard.data import (
+    LIVE_FIELDS,
+    WINDOW_S,
+    RedisView,
+    delivered_per_second,
+    ingest_lag,
+    open_failures,
+)
 from ingest.dashboard.keys import HUB, SESSION, STOPPING
 from ingest.keys import POOL, QUEUE
 from shared.logging import get_logger
@@ -59,13 +66,17 @@ class OverviewHub:
         last = int(now) - 1  # the newest complete second
         first = last - WINDOW_S + 1
         reread_from = first if not self._series else max(first, min(max(self._series) + 1, last - REREAD_S))
-        self._series.update(await view.stats(reread_from, last))
+        fresh, delivered = await asyncio.gather(view.stats(reread_from, last),
+                                                delivered_per_second(pool, reread_from, last))
+        for second, n in delivered.items():
+            fresh[second]["delivered"] = n
+        self._series.update(fresh)
         for s in [s for s in self._series if s < first]:
             del self._series[s]
         lag, failures = await asyncio.gather(ingest_lag(pool), open_failures(pool))
         recent = [self._series.get(s, {}) for s in range(last - RATE_OVER_S + 1, last + 1)]
-        rates = {f: sum(c.get(f, 0) for c in recent) / RATE_OVER_S for f in STAT_FIELDS}
-        window = {f: sum(c.get(f, 0) for c in self._series.values()) for f in STAT_FIELDS}
+        rates = {f: sum(c.get(f, 0) for c in recent) / RATE_OVER_S for f in LIVE_FIELDS}
+        window = {f: sum(c.get(f, 0) for c in self._series.values()) for f in LIVE_FIELDS}
         return {
             "now": now,
             "paused_since": paused,

@@ -25,7 +25,7 @@ from ingest.dashboard.respond import respond
 from ingest.dashboard.webhooks import failed_deliveries_section, order_deliveries
 from ingest.keys import POOL, QUEUE
 from shared.db import QUERIES
-from shared.queue import seq_of_receipt, split_envelope
+from shared.queue import IngestQueue, seq_of_receipt, split_envelope
 from shared.schemas import header_decoder
 
 LIST_LIMIT = 100
@@ -229,13 +229,13 @@ async def orders(request: web.Request) -> web.Response:
 {note}<h2>{title}</h2>{orders}{receipts}""",
              action=url("/orders"), q=q, options=options, note=note, title=title,
              orders=table(ORDER_HEADERS, _order_rows(found), empty="No order found.", test_id="order-results"),
-             receipts=h("<h2>Receipts without an order</h2>{}", table(
+             receipts=h("<h2>Receipts that stored no order</h2>{}", table(
                  ("receipt", "reference", "source", "entity", "state", "code", "reason", "at"), receipt_rows,
                  test_id="receipt-results")) if receipt_rows else Html(""))
     return await respond(request, "Orders", body, active="orders", page_id="orders")
 
 
-async def _queued_note(queue: Any, rid: str) -> Html:
+async def _queued_note(queue: IngestQueue, rid: str) -> Html:
     seq = seq_of_receipt(rid)
     envelope = await queue.peek_envelope(seq) if seq is not None else None
     if envelope is None:

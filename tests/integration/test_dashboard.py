@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import re
 import time
@@ -10,13 +11,16 @@ from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import msgspec
 import pytest
 
 from ingest.dashboard.data import RedisView
 from ingest.dashboard.passwords import PasswordTooWeak, hash_password, verify_password
-from shared.db import QUERIES
-from tests.browser.support import PASSWORD, Dashboard, Feeder, create_operator
+from ingest.keys import QUEUE as QUEUE_KEY
+from shared.webhooks import SubscriptionIn, create_subscription
+from tests.browser.support import PASSWORD, Dashboard, Feeder, Sink, create_operator
 from tests.conftest import order_body
+from worker.webhooks import WebhookSender
 
 ENQUEUE = "/api/v1/order/enqueue"
 
@@ -79,7 +83,7 @@ async def test_wrong_password_gets_no_session_and_logout_ends_it(server, pool) -
         status, _ = await client.get("/dashboard/")
         assert status == 200
         assert (await client.post("/dashboard/logout")).status == 303
-        status, body = await client.get("/dashboard/", allow_redirects=False)
+        status, _body = await client.get("/dashboard/", allow_redirects=False)
         assert status == 303
         # the old cookie is dead on the server, not just dropped by the browser
         client.session.cookie_jar.update_cookies({"orderflow_session": token})
@@ -110,7 +114,7 @@ async def test_actions_need_the_csrf_token_and_the_same_origin(dash, server, red
     resp = await dash.post("/dashboard/ingest/pause", {"back": "/dashboard/scheduled"})
     assert resp.status == 303 and resp.headers["Location"] == "/dashboard/scheduled"
     assert await view.paused_since() is not None
-    status, body = await dash.get("/dashboard/scheduled")
+    _status, body = await dash.get("/dashboard/scheduled")
     assert "Ingest consumption is PAUSED" in body and 'data-status="paused"' in body
     assert "Ingest consumption paused" in body  # the one-time message
     resp = await dash.post("/dashboard/ingest/resume", {"back": "//evil.example/"})
@@ -267,7 +271,7 @@ async def rejected_payload(consumer, tenant, pool, reference: str = "X1") -> tup
 
 async def test_retry_a_rejected_order_with_todays_key_rights(dash, consumer, tenant, pool) -> None:
     f, rid = await rejected_payload(consumer, tenant, pool)
-    status, body = await dash.get("/dashboard/failures")
+    _status, body = await dash.get("/dashboard/failures")
     assert rid in body and "unknown SKU" in body and f"retry-{rid}" in body
     await pool.execute("UPDATE access_keys SET rights = rights || '{products:create}' WHERE key_id = $1", f.key_id)
     resp = await dash.post(f"/dashboard/failures/rejected/{rid}/retry", csrf=False)
@@ -285,9 +289,9 @@ async def test_retry_a_rejected_order_with_todays_key_rights(dash, consumer, ten
     # twice is once
     await dash.post(f"/dashboard/failures/rejected/{rid}/retry")
     assert await consumer.drain() == 0
-    status, body = await dash.get("/dashboard/failures")
+    _status, body = await dash.get("/dashboard/failures")
     assert f"retry-{rid}" not in body and "No rejected order is waiting" in body
-    status, body = await dash.get("/dashboard/failures", params={"show": "all"})
+    _status, body = await dash.get("/dashboard/failures", params={"show": "all"})
     assert "retried by ops" in body and new_rid in body
 
 
@@ -299,7 +303,7 @@ async def test_retry_all_shown_and_discard(dash, consumer, tenant, pool) -> None
     await f.keep_rejected(pool)
     resp = await dash.post(f"/dashboard/failures/rejected/{third}/discard")
     assert resp.status == 303
-    status, body = await dash.get("/dashboard/failures")
+    _status, body = await dash.get("/dashboard/failures")
     assert f"discard-{third}" not in body and "Retry all 2 shown" in body
     # only what the page showed is retried, even if more failed since
     later = await f.put(order_body("X4")["payload"])
@@ -347,4 +351,118 @@ async def test_metrics_counters_and_lag_histogram(dash, server, http, tenant, co
     assert value(text, "orderflow_ingest_paused") == 0
 
 
-QUEUE_KEY = __import__("ingest.keys", fromlist=["QUEUE"]).QUEUE
+@pytest.fixture
+def settings(settings):
+    """Webhooks may go to a loopback sink; one attempt, so a failure gives up at once."""
+    return msgspec.structs.replace(settings, webhook_allow_nets="127.0.0.0/8", webhook_retry_schedule="0")
+
+
+@pytest.fixture
+async def sink() -> AsyncIterator[Sink]:
+    s = await Sink().start()
+    yield s
+    await s.stop()
+
+
+async def test_webhooks_page_and_failed_deliveries(dash, server, http, tenant, consumer, pool, settings,
+                                                   sink) -> None:
+    async with pool.acquire() as conn:
+        sub = await create_subscription(conn, tenant.entity_id, msgspec.convert({"url": sink.url}, SubscriptionIn),
+                                        settings, dt.datetime.now(dt.UTC))
+    sid = sub.subscription_id
+    async with http.get(server.url + "/metrics") as resp:
+        assert resp.status == 200  # the counters start here
+    headers = await tenant.headers()
+    for ref in ("W1", "W2", "W3"):
+        async with http.post(server.url + ENQUEUE, json=order_body(ref), headers=headers) as r:
+            assert r.status == 202
+    await consumer.drain()
+    sink.status = 500
+    async with WebhookSender(pool, settings) as sender:
+        await sender.drain()
+        ids = [r["delivery_id"] for r in await pool.fetch(
+            "SELECT delivery_id FROM webhook_deliveries WHERE state = 'failed' ORDER BY delivery_id")]
+        assert len(ids) == 3
+        status, body = await dash.get("/dashboard/webhooks")
+        assert sid in body and "0.0 %" in body and "HTTP 500: " in body and f"disable-{sid}" in body
+        status, body = await dash.get("/dashboard/failures")
+        assert "Retry all 3 shown" in body
+        # discard one, retry the two others shown
+        assert (await dash.post(f"/dashboard/failures/deliveries/{ids[0]}/discard")).status == 303
+        sink.status = 200
+        resp = await dash.post("/dashboard/failures/deliveries/retry",
+                               [("delivery_id", str(ids[1])), ("delivery_id", str(ids[2]))])
+        assert resp.status == 303
+        await sender.drain()
+        states = dict(await pool.fetch("SELECT delivery_id, state FROM webhook_deliveries"))
+        assert states == {ids[0]: "failed", ids[1]: "delivered", ids[2]: "delivered"}
+        status, body = await dash.get("/dashboard/failures")
+        assert "No failed delivery is waiting" in body
+        # disabled: no retry from the page; enabled again: replay what failed since a time
+        assert (await dash.post(f"/dashboard/webhooks/{sid}/disable")).status == 303
+        assert await pool.fetchval("SELECT state FROM webhook_subscriptions") == "disabled"
+        refused = await dash.post(f"/dashboard/failures/deliveries/{ids[0]}/retry")
+        assert refused.status == 303
+        assert states[ids[0]] == await pool.fetchval(
+            "SELECT state FROM webhook_deliveries WHERE delivery_id = $1", ids[0])
+        assert (await dash.post(f"/dashboard/webhooks/{sid}/enable")).status == 303
+        since = (dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M")
+        assert (await dash.post(f"/dashboard/webhooks/{sid}/replay", {"since": since})).status == 303
+        await sender.drain()
+    assert await pool.fetchval("SELECT count(*) FROM webhook_deliveries WHERE state = 'delivered'") == 3
+    status, body = await dash.get(f"/dashboard/webhooks/{sid}")
+    assert status == 200 and body.count("<td>delivered</td>") == 3
+    # delivered per second comes from the deliveries' delivered_at
+    snap = await overview_until(dash, lambda s: s["window_totals"]["delivered"] == 3)
+    assert snap["rates"]["delivered"] > 0
+
+    async def metrics_delivered() -> None:
+        while True:
+            async with http.get(server.url + "/metrics") as resp:
+                if "orderflow_orders_delivered_total 3.0" in await resp.text():
+                    return
+            await asyncio.sleep(0.5)
+
+    await asyncio.wait_for(metrics_delivered(), 20)
+    actions = [r["action"] for r in await pool.fetch("SELECT action FROM operator_actions ORDER BY action_id")]
+    assert actions == ["login", "discard_delivery", "retry_deliveries", "disable_webhook", "retry_deliveries",
+                       "enable_webhook", "replay_webhook"]
+
+
+async def test_open_event_streams_do_not_hold_up_a_shutdown(settings, pool) -> None:
+    from aiohttp import web
+
+    from ingest.app import create_app
+
+    await create_operator(pool)
+    runner = web.AppRunner(create_app(settings), shutdown_timeout=30)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    client = Dashboard(f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}")  # type: ignore[union-attr]
+    try:
+        assert (await client.login("ops")).status == 303
+        async with client.session.get(client.base + "/dashboard/events") as resp:
+            await asyncio.wait_for(read_events(resp, {"overview"}), 10)
+            started = time.monotonic()
+            await asyncio.wait_for(runner.cleanup(), 10)
+            assert time.monotonic() - started < 5  # not the 30 s grace for in-flight requests
+            await asyncio.wait_for(resp.content.read(), 5)  # and the stream has ended
+    finally:
+        await client.close()
+
+
+async def test_cookies_are_secure_behind_a_tls_proxy(server, pool) -> None:
+    await create_operator(pool)
+    client = Dashboard(server.url)
+    try:
+        async with client.session.get(server.url + "/dashboard/login") as resp:
+            token = re.search(r'name="login_token" value="([^"]+)"', await resp.text())
+            assert token is not None and not resp.cookies["orderflow_login"]["secure"]
+        async with client.session.post(server.url + "/dashboard/login", allow_redirects=False,
+                                       headers={"X-Forwarded-Proto": "https"},
+                                       data={"name": "ops", "password": PASSWORD,
+                                             "login_token": token.group(1)}) as resp:
+            assert resp.status == 303 and resp.cookies["orderflow_session"]["secure"]
+    finally:
+        await client.close()

@@ -108,6 +108,9 @@ async def test_reference_of_another_source_is_rejected_naming_it(consumer, tenan
     assert (r["state"], r["code"]) == ("rejected", 409)
     assert "'mage2'" in r["reason"]
     assert await pool.fetchval("SELECT source_id FROM orders") == "mage2"
+    # kept for a retry from the dashboard
+    kept = await pool.fetchval("SELECT envelope FROM failed_payloads WHERE receipt_id = $1", rid)
+    assert b'"amazon"' in bytes(kept)
 
 
 async def test_unknown_sku_without_product_right_is_rejected_naming_it(consumer, tenant, pool):

@@ -429,6 +429,10 @@ class Load:
         """Answers with this status that ended after `since`."""
         return sum(1 for a in self.attempts if a.status == status and a.ended >= since)
 
+    async def reached(self, n: int, status: int = 202, since: float = 0.0) -> bool:
+        """At least n answers with this status that ended after `since` (a wait_until predicate)."""
+        return self.count(status, since) >= n
+
     def accepted(self) -> dict[str, Attempt]:
         """receipt_id -> attempt, for every 202."""
         return {a.receipt_id: a for a in self.attempts if a.status == 202 and a.receipt_id}

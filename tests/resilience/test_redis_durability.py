@@ -44,10 +44,7 @@ async def test_redis_sigkill_under_load_loses_no_accepted_order(
     load = Load(client, [receiver.url], headers, concurrency=24, retry_connect=False)
     async with load.start():
 
-        async def accepted(n: int, since: float = 0.0) -> bool:
-            return load.count(202, since) >= n
-
-        await wait_until(lambda: accepted(1500), 60, "1500 orders accepted before the kill")
+        await wait_until(lambda: load.reached(1500), 60, "1500 orders accepted before the kill")
         redis_server.kill()
         killed_at = time.monotonic()
         before_kill = load.count(202)
@@ -60,7 +57,7 @@ async def test_redis_sigkill_under_load_loses_no_accepted_order(
         restarted_at = time.monotonic()
         redis_server.start()  # same port, same AOF
         up_at = time.monotonic()
-        await wait_until(lambda: accepted(1000, up_at), 60, "1000 orders accepted after the restart")
+        await wait_until(lambda: load.reached(1000, since=up_at), 60, "1000 orders accepted after the restart")
         attempts = await load.stop()
 
         statuses = {a.status for a in attempts}
@@ -120,7 +117,7 @@ async def test_worker_rides_out_a_redis_restart_under_load(
         assert worker.alive(), "the worker exited when Redis went away"
         redis_server.start()
         up_at = time.monotonic()
-        await wait_until(lambda: _accepted_since(load, up_at, 500), 60, "500 orders accepted after the restart")
+        await wait_until(lambda: load.reached(500, since=up_at), 60, "500 orders accepted after the restart")
         attempts = await load.stop()
     assert {a.status for a in attempts} <= {202, 503}
     redis = aioredis.Redis.from_url(redis_server.url)
@@ -136,7 +133,3 @@ async def test_worker_rides_out_a_redis_restart_under_load(
     print(f"\nworker through a Redis restart: stayed up; {tally.orders} orders stored once each, "
           f"{len(tally.extra_receipts)} stored though answered 503; drained {drained_in:.1f} s after the load; "
           f"{len(errors)} other error lines")
-
-
-async def _accepted_since(load: Load, since: float, n: int) -> bool:
-    return load.count(202, since) >= n

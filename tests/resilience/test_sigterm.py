@@ -54,16 +54,13 @@ async def test_sigterm_receiver_and_worker_under_load(tmp_path, children: Childr
             await w.ready()
         load = Load(client, [first.url, second.url], headers, concurrency=32, prefix="T")
         async with load.start():
-            async def accepted(n: int, since: float = 0.0) -> bool:
-                return load.count(202, since) >= n
-
-            await wait_until(lambda: accepted(800), 60, "800 orders accepted")
+            await wait_until(lambda: load.reached(800), 60, "800 orders accepted")
             # receiver: SIGTERM with requests in flight; it must exit cleanly, answering them
             first.signal(signal.SIGTERM)
             term_at = time.monotonic()
             assert await first.exited(35) == 0, first.log.read_text()[-2000:]
             receiver_stopped_in = time.monotonic() - term_at
-            await wait_until(lambda: accepted(400, term_at), 60,
+            await wait_until(lambda: load.reached(400, since=term_at), 60,
                              "400 orders accepted while one receiver is gone")
             # a rolling restart: the same port again
             restarted = Receiver(children, env, tmp_path / "receiver0-again.log", port=first.port).start()
@@ -86,7 +83,7 @@ async def test_sigterm_receiver_and_worker_under_load(tmp_path, children: Childr
             wterm_at = time.monotonic()
             assert await workers[0].exited(SHUTDOWN_GRACE_S + 15) == 0, workers[0].log.read_text()[-2000:]
             worker_stopped_in = time.monotonic() - wterm_at
-            await wait_until(lambda: accepted(400, wterm_at), 60, "400 orders accepted after the worker stopped")
+            await wait_until(lambda: load.reached(400, since=wterm_at), 60, "400 orders accepted after the worker stopped")
             attempts = await load.stop()
 
         statuses = {a.status for a in attempts}
