@@ -37,11 +37,23 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     app[CACHE] = KeyCache(pool, settings.key_pepper, settings.key_cache_ttl_s)
     revocations = asyncio.create_task(follow_revocations(app[CACHE], redis, queue.keys.revocations))
     yield
-    revocations.cancel()
-    await asyncio.gather(revocations, return_exceptions=True)
+    await _cancel(revocations)
     await handoff.close()
     await pool.close()
     await redis.aclose()
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    """Cancel a task and wait for it; cancel again when the first was lost.
+
+    redis-py's read with a timeout (pubsub.get_message(timeout=...)) can swallow a cancel that
+    lands as its timeout expires; the task would then run on and the receiver never exit.
+    """
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=0.5)
+    if not task.cancelled():
+        task.exception()  # retrieved, so asyncio does not log it as never retrieved
 
 
 @web.middleware
