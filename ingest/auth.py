@@ -116,6 +116,9 @@ async def follow_revocations(cache: KeyCache, redis: aioredis.Redis, channel: st
                 await pubsub.subscribe(channel)
                 cache.forget()  # anything revoked while we were not listening
                 while True:
+                    task = asyncio.current_task()
+                    if task is not None and task.cancelling():
+                        raise asyncio.CancelledError  # redis-py may have swallowed the cancel
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                     if message is not None and message.get("type") == "message":
                         cache.forget(bytes(message["data"]).decode())

@@ -71,19 +71,17 @@ def serve(host: str | None, port: int | None) -> None:
 @main.command()
 @click.option("--concurrency", type=int, default=2, show_default=True,
               help="Batches this process stores at the same time.")
-@click.option("--check", is_flag=True, help="Exit 0 when a worker of this deployment is alive (health check).")
+@click.option("--check", is_flag=True,
+              help="Exit 0 when a worker process on this host wrote a heartbeat in the last 30 s (probe).")
 def worker(concurrency: int, check: bool) -> None:
     """Run one worker process (arq) until SIGINT/SIGTERM."""
-    from worker.main import arq_options, run
+    from worker.main import alive_on_this_host, run
 
     settings = _settings()
     if check:
-        from arq.worker import async_check_health
-
-        opts = arq_options(settings)
-        code = _run(lambda: async_check_health(opts["redis_settings"], opts["health_check_key"],
-                                               opts["queue_name"]))
-        sys.exit(code)
+        alive = _run(lambda: alive_on_this_host(settings))
+        click.echo("alive" if alive else "no heartbeat from a worker on this host")
+        sys.exit(0 if alive else 1)
     run(settings, concurrency)
 
 

@@ -7,6 +7,7 @@ priorities and one arq job per order would cap throughput (see DESIGN.md).
 from __future__ import annotations
 
 import asyncio
+import socket
 from typing import Any
 
 from arq import cron
@@ -39,6 +40,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     ctx["tasks"] = [asyncio.create_task(c.run(stop), name=f"consumer-{i}") for i, c in enumerate(consumers)]
     scheduler = ReleaseScheduler(ctx["pool"], settings, utcnow, ctx["redis"], queue.keys.stats)
     ctx["tasks"].append(asyncio.create_task(scheduler.run(stop), name="release-scheduler"))
+    ctx["tasks"].append(asyncio.create_task(heartbeats(consumers, stop), name="heartbeats"))
     ctx["tasks"].append(asyncio.create_task(WebhookSender(ctx["pool"], settings).run(stop), name="webhooks"))
     ctx["queue"] = queue
     log.info("worker_started", concurrency=concurrency, prefix=settings.redis_prefix)
@@ -64,11 +66,41 @@ async def shutdown(ctx: dict[str, Any]) -> None:
 
 
 async def sweep_and_beat(ctx: dict[str, Any]) -> None:
-    """Cron: put expired leases back even when no consumer is claiming; write heartbeats."""
+    """Cron (any one worker): put expired leases back even when nobody claims; trim the shipped set."""
     await ctx["queue"].sweep()
     await ctx["queue"].forget_old_shipments(SHIPPED_MEMORY_S)
-    for consumer in ctx.get("consumers", []):
-        await consumer.heartbeat()
+
+
+HEARTBEAT_EVERY_S = 5.0
+
+
+async def heartbeats(consumers: list[IngestConsumer], stop: asyncio.Event) -> None:
+    """Every process writes its own heartbeats (arq's cron runs on whichever worker takes it)."""
+    while not stop.is_set():
+        for consumer in consumers:
+            try:
+                await consumer.heartbeat()
+            except (OSError, ConnectionError, TimeoutError) as exc:
+                log.warning("heartbeat_failed", error=repr(exc))
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=HEARTBEAT_EVERY_S)
+        except TimeoutError:
+            pass
+
+
+async def alive_on_this_host(settings: Settings) -> bool:
+    """True when a worker process on this host wrote a heartbeat lately (`worker --check`)."""
+    from shared.redis_client import connect_redis
+    from shared.redis_keys import RedisKeys
+
+    redis = connect_redis(settings, socket_timeout=3, socket_connect_timeout=3)
+    try:
+        pattern = RedisKeys.for_prefix(settings.redis_prefix).heartbeat + socket.gethostname() + ":*"
+        async for _ in redis.scan_iter(match=pattern, count=1000):
+            return True
+        return False
+    finally:
+        await redis.aclose()
 
 
 def arq_options(settings: Settings, concurrency: int = 2) -> dict[str, Any]:

@@ -168,3 +168,20 @@ async def test_sigkilled_worker_loses_nothing_and_doubles_nothing(settings, serv
     # exactly once: no order was applied twice
     assert await pool.fetchval("SELECT count(*) FROM order_versions") == n
     assert await pool.fetchval("SELECT max(version) FROM orders") == 1
+
+
+async def test_worker_check_sees_a_worker_on_this_host(settings) -> None:
+    def check() -> int:
+        return subprocess.run([ORDERFLOW, "worker", "--check"], env=cli_env(settings), capture_output=True,
+                              timeout=30, check=False).returncode
+
+    assert check() == 1
+    worker = start_worker(settings)
+    try:
+        async def alive() -> bool:
+            return await asyncio.to_thread(check) == 0
+
+        await wait_for(alive, timeout=30, step=0.2)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(timeout=30)
