@@ -55,7 +55,9 @@ class BenchEnv:
         env = {k: v for k, v in os.environ.items() if not k.startswith("ORDERFLOW_")}
         env.update(ORDERFLOW_DATABASE_URL=self.dsn, ORDERFLOW_REDIS_URL=self.redis_url,
                    ORDERFLOW_REDIS_PREFIX=self.prefix, ORDERFLOW_LOG_FORMAT="json",
-                   ORDERFLOW_LOG_LEVEL="INFO", PYTHONPATH=str(REPO), **extra)
+                   ORDERFLOW_LOG_LEVEL="INFO", PYTHONPATH=str(REPO),
+                   # orderflow picks uvloop by itself; the bare app and orderflow must share a loop
+                   ORDERFLOW_UVLOOP="1" if self.uvloop else "0", **extra)
         return env
 
     def cli(self, *args: str) -> dict[str, Any]:
