@@ -29,7 +29,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     # redis://, unix:// or redis+sentinel:// (then always the current primary)
     redis = connect_redis(settings, socket_timeout=5, socket_connect_timeout=2, health_check_interval=10)
     # The receiver must start (and answer 503) while PostgreSQL is down: the pool connects lazily.
-    pool = await create_pool(settings.database_url, min_size=0, max_size=8)
+    pool = await create_pool(settings.database_url, min_size=0, max_size=8, command_timeout=10)
     queue = IngestQueue(redis, settings.redis_prefix,
                         seq_floor=lambda: pool.fetchval(QUERIES["seq_floor"]))
     handoff = HandoffCoalescer(queue, per_key=settings.rate_per_key, per_address=settings.rate_per_address)

@@ -35,6 +35,9 @@ class _KeyRecord:
     revoked: bool
 
 
+LOOKUP_TIMEOUT_S = 1.0
+
+
 class Unauthorized(Exception):
     """Unknown entity or wrong key: one answer for both."""
 
@@ -65,7 +68,9 @@ class KeyCache:
         if hit is not None and hit[0] > now:
             return hit[1]
         try:
-            row = await self.pool.fetchrow(QUERIES["key_lookup"], key_id)
+            # bounded: a PostgreSQL that stops answering (not refusing) must not hang requests
+            async with self.pool.acquire(timeout=LOOKUP_TIMEOUT_S) as conn:
+                row = await conn.fetchrow(QUERIES["key_lookup"], key_id, timeout=LOOKUP_TIMEOUT_S)
         except STORE_DOWN as exc:
             # While PostgreSQL is down, keys seen lately stay good (a revocation cannot be written
             # meanwhile, and one announced over Redis has dropped the entry); ask again after a TTL.

@@ -147,7 +147,11 @@ async def healthz(request: web.Request) -> web.Response:
 
 @routes.get("/readyz")
 async def readyz(request: web.Request) -> web.Response:
-    """Readiness: Redis and PostgreSQL both reachable."""
+    """Readiness: Redis and PostgreSQL reachable; `?require=redis` gates on Redis alone.
+
+    A receiver takes orders while PostgreSQL is down (they wait in Redis), so a load
+    balancer should keep sending it traffic then: probe with `?require=redis`.
+    """
     async def check_redis() -> bool:
         try:
             return bool(await asyncio.wait_for(request.app[REDIS].ping(), 1.0))
@@ -163,9 +167,10 @@ async def readyz(request: web.Request) -> web.Response:
 
     redis_ok, pg_ok = await asyncio.gather(check_redis(), check_pg())
     data = {"redis": "up" if redis_ok else "down", "postgresql": "up" if pg_ok else "down"}
-    if redis_ok and pg_ok:
-        return success(data)
+    required = {"redis"} if request.query.get("require") == "redis" else {"redis", "postgresql"}
     down = [name for name, ok in (("redis", redis_ok), ("postgresql", pg_ok)) if not ok]
+    if not set(down) & required:
+        return success(data)
     return failure(503, [Problem(loc=f"$.{n}", msg=f"{n} is unreachable") for n in down], data=data)
 
 

@@ -213,16 +213,23 @@ def key_revoke(key_id: str, as_json: bool) -> None:
 
 def _announce_revocation(settings: Settings, key_id: str) -> None:
     """Tell running receivers at once; if Redis is unreachable their cache TTL still applies."""
-    import redis as sync_redis
+    from redis.exceptions import RedisError
 
+    from shared.redis_client import connect_redis
     from shared.redis_keys import RedisKeys
 
+    async def publish() -> None:
+        client = connect_redis(settings, socket_connect_timeout=2, socket_timeout=2)
+        try:
+            await client.publish(RedisKeys.for_prefix(settings.redis_prefix).revocations, key_id)
+        finally:
+            await client.aclose()
+
     try:
-        client = sync_redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=2)
-        client.publish(RedisKeys.for_prefix(settings.redis_prefix).revocations, key_id)
-        client.close()
-    except (sync_redis.RedisError, OSError, ValueError):
-        pass
+        _run(publish)
+    except (RedisError, OSError) as exc:
+        click.echo(f"warning: running receivers were not told at once ({exc.__class__.__name__}); "
+                   f"they refuse the key within {settings.key_cache_ttl_s:g} s", err=True)
 
 
 @main.command()

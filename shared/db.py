@@ -55,11 +55,12 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("json", encoder=_json_encode, decoder=msgspec.json.decode, schema="pg_catalog")
 
 
-async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
+async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10,
+                      command_timeout: float | None = None) -> asyncpg.Pool:
     """A pool whose connections speak jsonb as Python objects."""
     # connect timeout: an unreachable (not refusing) PostgreSQL must not stall requests for 60 s
     pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, init=_init_connection,
-                                     timeout=5)
+                                     timeout=5, command_timeout=command_timeout)
     assert pool is not None
     return pool
 

@@ -94,11 +94,18 @@ async def prepare_database(settings: Settings, data_dir: Path) -> dict[str, str]
         await conn.execute(QUERIES["key_create"], key_id, entity_id, hash_key(settings.key_pepper, access_key),
                            ["orders:write", "products:create", "admin"], None)
         demo = {"entity_id": entity_id, "key_id": key_id, "access_key": access_key}
-        demo_file.write_text(json.dumps(demo, indent=2))
-        demo_file.chmod(0o600)
+        _write_private(demo_file, json.dumps(demo, indent=2))
         return demo
     finally:
         await conn.close()
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write a file only its owner can read, from the first byte on."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    path.chmod(0o600)  # an existing file keeps its mode through O_CREAT
 
 
 def write_demo_order(data_dir: Path, demo: dict[str, str]) -> Path:
@@ -108,7 +115,7 @@ def write_demo_order(data_dir: Path, demo: dict[str, str]) -> Path:
     body = json.loads(resources.files("shared.examples").joinpath("order-valid.json").read_text())
     body["access_key"], body["entity_id"] = demo["access_key"], demo["entity_id"]
     path = data_dir / "demo-order.json"
-    path.write_text(json.dumps(body, indent=1))
+    _write_private(path, json.dumps(body, indent=1))  # it carries the demo access key
     return path
 
 

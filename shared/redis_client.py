@@ -49,6 +49,8 @@ def parse_sentinel_url(url: str) -> SentinelTarget:
     if "?" in rest or "#" in rest:
         raise ValueError("a Sentinel URL takes no query or fragment")
     authority, slash, path = rest.partition("/")
+    if "@" in path:  # a password with a raw "/" split the URL early; never echo the pieces
+        raise ValueError("percent-encode '/', '?', '#' and '@' in a Sentinel URL's password")
     userinfo, at, hostlist = authority.rpartition("@")
     username = password = None
     if at:
@@ -76,7 +78,7 @@ def _host_port(part: str) -> tuple[str, int]:
     if part.startswith("["):  # [IPv6]:port
         host, bracket, tail = part[1:].partition("]")
         if not bracket or (tail and not tail.startswith(":")):
-            raise ValueError(f"bad Sentinel address {part!r}")
+            raise ValueError("bad [IPv6]:port Sentinel address")
         port_text = tail[1:]
     else:
         host, _, port_text = part.partition(":")
@@ -85,7 +87,7 @@ def _host_port(part: str) -> tuple[str, int]:
     if not port_text:
         return host, DEFAULT_SENTINEL_PORT
     if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise ValueError(f"bad port in Sentinel address {part!r}")
+        raise ValueError("bad port in a Sentinel address (percent-encode ':' in the password)")
     return host, int(port_text)
 
 

@@ -19,9 +19,10 @@ from aiohttp import web
 from ingest.dashboard.keys import SESSION
 from ingest.dashboard.passwords import verify_password
 from ingest.dashboard.render import PREFIX, Html, h, page, url
-from ingest.keys import POOL
+from ingest.keys import POOL, REDIS, SETTINGS
 from shared.db import QUERIES
 from shared.logging import get_logger
+from shared.redis_keys import RedisKeys
 
 log = get_logger(__name__)
 SESSION_COOKIE = "orderflow_session"
@@ -33,6 +34,12 @@ LOGIN_PATH = PREFIX + "/login"
 STATIC_PREFIX = PREFIX + "/static/"
 # each check costs 32 MiB for ~0.1 s: two threads at most, so a burst of logins cannot exhaust memory
 _VERIFY_THREADS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="password-check")
+# Online guessing: at most this many password checks wait per process (the rest get 429), and
+# a name/address pair that failed FAILED_LOGINS_MAX times waits FAILED_LOGINS_WINDOW_S.
+_CHECK_SLOTS = 8
+_checks_waiting = 0
+FAILED_LOGINS_MAX = 10
+FAILED_LOGINS_WINDOW_S = 900
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -176,12 +183,27 @@ async def login(request: web.Request) -> web.Response:
     if not expected or not hmac.compare_digest(sent.encode(), expected.encode()) or not _same_origin(request):
         return _login_page(request, error="The login form expired. Please try again.", status=403,
                            next_url=next_url)
+    global _checks_waiting
+    redis = request.config_dict[REDIS]
+    failures_key = (RedisKeys.for_prefix(request.config_dict[SETTINGS].redis_prefix).rate
+                    + "login:" + hashlib.sha256(f"{name}\x1f{request.remote}".encode()).hexdigest()[:32])
+    if int(await redis.get(failures_key) or 0) >= FAILED_LOGINS_MAX or _checks_waiting >= _CHECK_SLOTS:
+        return _login_page(request, error="Too many attempts. Please wait a while and try again.",
+                           status=429, next_url=next_url)
     pool = request.config_dict[POOL]
     row = await pool.fetchrow(QUERIES["dash_operator_get"], name) if name else None
-    ok = await asyncio.get_running_loop().run_in_executor(
-        _VERIFY_THREADS, verify_password, password, row["password_hash"] if row else None)
+    _checks_waiting += 1
+    try:
+        ok = await asyncio.get_running_loop().run_in_executor(
+            _VERIFY_THREADS, verify_password, password, row["password_hash"] if row else None)
+    finally:
+        _checks_waiting -= 1
     if not ok:
         log.warning("operator_login_failed", operator=name[:64], address=request.remote)
+        async with redis.pipeline(transaction=True) as pipe:
+            pipe.incr(failures_key)
+            pipe.expire(failures_key, FAILED_LOGINS_WINDOW_S)
+            await pipe.execute()
         return _login_page(request, error="Wrong operator name or password.", status=401, next_url=next_url)
     session = await create_session(pool, name)
     await audit(pool, name, "login", detail={"address": request.remote or "-"})

@@ -143,7 +143,7 @@ def test_k8s_receiver_deployment() -> None:
     c = _container(dep)
     assert c["args"][:1] == ["serve"] and "0.0.0.0" in c["args"] and "8080" in c["args"]
     assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
-    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz?require=redis"
     assert c["resources"]["requests"]["cpu"] and c["resources"]["limits"]["memory"]
     prestop = int(c["lifecycle"]["preStop"]["exec"]["command"][-1])
     assert pod["terminationGracePeriodSeconds"] >= prestop + 30

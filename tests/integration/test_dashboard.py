@@ -144,7 +144,7 @@ async def test_backlog_by_priority_and_oldest_wait(consumer, tenant, settings) -
     assert [(lv.priority, lv.count) for lv in backlog.levels] == [(9, 1), (5, 3), (0, 2), (-3, 1)]
     assert backlog.bands() == {"high": 4, "normal": 2, "low": 1}
     assert backlog.ready == 7 and backlog.leased == 0
-    assert backlog.oldest_age_s is not None and 119 < backlog.oldest_age_s < 130
+    assert backlog.oldest_age_s is not None and backlog.oldest_age_s > 119  # put 120 s in the past
     await consumer.queue.claim(2, 30)
     backlog = await RedisView(consumer.queue).backlog()
     assert backlog.bands() == {"high": 2, "normal": 2, "low": 1} and backlog.leased == 2
@@ -435,7 +435,8 @@ async def test_open_event_streams_do_not_hold_up_a_shutdown(settings, pool) -> N
     from ingest.app import create_app
 
     await create_operator(pool)
-    runner = web.AppRunner(create_app(settings), shutdown_timeout=30)
+    # a long grace: if an open stream held up the shutdown, cleanup would not end within the bound
+    runner = web.AppRunner(create_app(settings), shutdown_timeout=3600)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
@@ -444,9 +445,7 @@ async def test_open_event_streams_do_not_hold_up_a_shutdown(settings, pool) -> N
         assert (await client.login("ops")).status == 303
         async with client.session.get(client.base + "/dashboard/events") as resp:
             await asyncio.wait_for(read_events(resp, {"overview"}), 10)
-            started = time.monotonic()
-            await asyncio.wait_for(runner.cleanup(), 10)
-            assert time.monotonic() - started < 5  # not the 30 s grace for in-flight requests
+            await asyncio.wait_for(runner.cleanup(), 30)
             await asyncio.wait_for(resp.content.read(), 5)  # and the stream has ended
     finally:
         await client.close()
@@ -464,5 +463,20 @@ async def test_cookies_are_secure_behind_a_tls_proxy(server, pool) -> None:
                                        data={"name": "ops", "password": PASSWORD,
                                              "login_token": token.group(1)}) as resp:
             assert resp.status == 303 and resp.cookies["orderflow_session"]["secure"]
+    finally:
+        await client.close()
+
+
+async def test_repeated_wrong_passwords_are_throttled(server, pool) -> None:
+    from ingest.dashboard.auth import FAILED_LOGINS_MAX
+
+    await create_operator(pool)
+    client = Dashboard(server.url)
+    try:
+        statuses = [(await client.login("ops", password="wrong")).status for _ in range(FAILED_LOGINS_MAX + 1)]
+        assert statuses[:FAILED_LOGINS_MAX] == [401] * FAILED_LOGINS_MAX
+        assert statuses[-1] == 429
+        # even the right password waits now, for this name and address
+        assert (await client.login("ops")).status == 429
     finally:
         await client.close()

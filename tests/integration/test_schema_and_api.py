@@ -128,6 +128,18 @@ async def test_readiness_names_the_database_when_it_is_down(http, settings):
     finally:
         await runner.cleanup()
     assert answer["data"] == {"redis": "up", "postgresql": "down"}
+    # the load balancer's probe: a receiver still takes orders into Redis
+    runner = web.AppRunner(create_app(down))
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    try:
+        async with http.get(f"http://127.0.0.1:{port}/readyz?require=redis") as resp:
+            assert resp.status == 200
+            assert (await resp.json())["data"]["postgresql"] == "down"
+    finally:
+        await runner.cleanup()
 
 
 class CountingQueue(IngestQueue):

@@ -41,7 +41,7 @@ def test_sentinel_urls_parse(url: str, expected: SentinelTarget) -> None:
     ("redis+sentinel://s1,,s2/mymaster", "no empty ones"),
     ("redis+sentinel://s1:port/mymaster", "bad port"),
     ("redis+sentinel://s1:70000/mymaster", "bad port"),
-    ("redis+sentinel://[::1/mymaster", "bad Sentinel address"),
+    ("redis+sentinel://[::1/mymaster", "bad [IPv6]:port Sentinel address"),
     ("redis+sentinel://s1/mymaster/one", "is a number"),
     ("redis+sentinel://s1/mymaster/0/extra", "/service_name[/db]"),
     ("redis+sentinel://s1/mymaster?db=1", "no query"),
@@ -51,6 +51,12 @@ def test_bad_sentinel_urls_are_refused_by_settings(url: str, why: str) -> None:
         parse_sentinel_url(url)
     with pytest.raises(SettingsError, match="ORDERFLOW_REDIS_URL"):
         Settings(redis_url=url).check()
+
+
+def test_a_password_with_a_raw_slash_is_not_echoed() -> None:
+    with pytest.raises(ValueError, match="percent-encode") as caught:
+        parse_sentinel_url("redis+sentinel://admin:s3cr/et@h1/svc")
+    assert "s3cr" not in str(caught.value)
 
 
 def test_the_password_never_shows() -> None:

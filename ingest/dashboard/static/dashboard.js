@@ -141,7 +141,12 @@
 
   var source = new EventSource("/dashboard/events");
   source.addEventListener("open", function () { setText("live-state", "live"); });
-  source.addEventListener("error", function () { setText("live-state", "reconnecting…"); });
+  source.addEventListener("error", function () {
+    setText("live-state", "reconnecting…");
+    // EventSource gives up after a non-200 answer (database down, session expired): reload
+    // the page a little later, which retries and, if the session is gone, shows the login
+    if (source.readyState === EventSource.CLOSED) { setTimeout(function () { window.location.reload(); }, 5000); }
+  });
   source.addEventListener("history", function (e) { merge(JSON.parse(e.data)); });
   source.addEventListener("overview", function (e) { render(JSON.parse(e.data)); });
   source.addEventListener("logout", function () { source.close(); window.location.assign("/dashboard/login"); });
