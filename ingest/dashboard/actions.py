@@ -61,20 +61,19 @@ async def retry_rejected(pool: asyncpg.Pool, queue: IngestQueue, receipt_ids: li
                 warnings=[*header.warnings, Problem(loc="$", msg=f"retry of {rid} by operator {operator}")])
             items.append((rid, fresh.token, (fresh.priority, fresh.key_id, "dashboard",
                                              make_envelope(json_encoder.encode(fresh), raw))))
-        await conn.execute(QUERIES["dash_failed_mark_retried"], [rid for rid, _, _ in items], operator)
+        if items:
+            # Hand off while the rows are locked, and mark them in the same transaction: a
+            # crash before the commit leaves them open (a second retry is an identical
+            # repeat), never marked retried without having been queued.
+            seqs = await queue.enqueue_many([item for _, _, item in items])
+            for (rid, token, _), seq in zip(items, seqs, strict=True):
+                outcome.retried[rid] = receipt_id(seq, token)
+            await conn.execute(QUERIES["dash_failed_mark_retried"], list(outcome.retried), operator)
+            await conn.execute(QUERIES["dash_failed_retried_as"], list(outcome.retried),
+                               list(outcome.retried.values()))
     for rid in receipt_ids:
         if rid not in outcome.refused and rid not in headers:
             outcome.refused[rid] = "already handled, or its payload was not kept"
-    if not items:
-        return outcome
-    try:
-        seqs = await queue.enqueue_many([item for _, _, item in items])
-    except BaseException:
-        await pool.execute(QUERIES["dash_failed_unclaim"], [rid for rid, _, _ in items])
-        raise
-    for (rid, token, _), seq in zip(items, seqs, strict=True):
-        outcome.retried[rid] = receipt_id(seq, token)
-    await pool.execute(QUERIES["dash_failed_retried_as"], list(outcome.retried), list(outcome.retried.values()))
     return outcome
 
 

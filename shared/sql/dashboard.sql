@@ -208,11 +208,6 @@ UPDATE failed_payloads f SET retried_as = t.retried_as
 FROM unnest($1::text[], $2::text[]) AS t (receipt_id, retried_as)
 WHERE f.receipt_id = t.receipt_id;
 
--- name: dash_failed_unclaim
--- The hand-off to Redis failed: the payloads are open again.
-UPDATE failed_payloads SET resolution = NULL, resolved_at = NULL, resolved_by = NULL
-WHERE receipt_id = ANY($1::text[]) AND resolution = 'retried' AND retried_as IS NULL;
-
 -- name: dash_failed_discard
 -- Discarding works for rejections whose payload was never kept, too.
 INSERT INTO failed_payloads (receipt_id, entity_id, envelope, resolution, resolved_at, resolved_by)
