@@ -81,15 +81,18 @@ async def record_shipment(request: web.Request) -> web.Response:
         await conn.execute(QUERIES["shipment_apply_lines"], order["order_id"], line_nos,
                            [shipped[n] for n in line_nos])
         state = "shipped" if decision.complete else "released"
-        await conn.execute(QUERIES["shipment_update_order"], order["order_id"], state, int(decision.partial),
-                           now if decision.complete else None, now)
+        updated = await conn.fetchrow(QUERIES["shipment_update_order"], order["order_id"], state,
+                                      int(decision.partial), now if decision.complete else None, now)
+        await conn.execute(QUERIES["batch_insert_versions"], [order["order_id"]], [updated["version"]],
+                           [updated["seq"]], [now], [f"shipment:{req.shipment_id or shipment_id}"],
+                           ['["shipments", "state"]' if decision.complete else '["shipments"]'])
         if decision.complete:
             data = order_event_data(order["document"], state="shipped", status=order["status"],
                                     priority=order["priority"], release_at=order["release_at"],
                                     released_at=order["released_at"], source_id=order["source_id"],
-                                    version=order["version"])
+                                    version=updated["version"])
             key = (caller.entity_id, reference)
-            await write_events(conn, [Event(key, order["source_id"], "order.shipped", order["version"],
+            await write_events(conn, [Event(key, order["source_id"], "order.shipped", updated["version"],
                                             order["priority"], data)], {key: order["order_id"]}, now)
         recorded = {"external_id": req.shipment_id, "partial": decision.partial, "shipped_at": now,
                     "shipment_id": shipment_id}

@@ -48,6 +48,10 @@ class ReleaseScheduler:
                 events.append(Event((r["entity_id"], r["reference"]), r["source_id"], "order.released",
                                     r["version"], r["priority"], event_data(cur, r["priority"], r["status"])))
             await write_events(conn, events, {(r["entity_id"], r["reference"]): r["order_id"] for r in rows}, now)
+            if rows:  # a release is a change of the order: a version of its own
+                await conn.execute(QUERIES["batch_insert_versions"], [r["order_id"] for r in rows],
+                                   [r["version"] for r in rows], [r["seq"] for r in rows], [now] * len(rows),
+                                   ["release"] * len(rows), ['["state"]'] * len(rows))
         if rows:
             log.info("orders_released", count=len(rows))
             await self._count(len(rows))

@@ -13,10 +13,10 @@ WITH due AS (
     FOR UPDATE SKIP LOCKED
 )
 UPDATE orders o
-SET state = 'released', released_at = $1, updated_at = $1
+SET state = 'released', released_at = $1, updated_at = $1, version = o.version + 1
 FROM due
 WHERE o.order_id = due.order_id
-RETURNING o.order_id, o.entity_id, o.reference, o.source_id, o.version, o.priority, o.status,
+RETURNING o.order_id, o.entity_id, o.reference, o.source_id, o.version, o.seq, o.priority, o.status,
           o.document, o.release_at, o.released_at;
 
 -- name: next_release_at
@@ -49,9 +49,12 @@ FROM unnest($2::integer[], $3::integer[]) AS t (line_no, qty)
 WHERE l.order_id = $1 AND l.line_no = t.line_no;
 
 -- name: shipment_update_order
+-- A shipment is a change of the order: a new version.
 UPDATE orders
-SET state = $2, partial_shipments = partial_shipments + $3, shipped_at = $4, updated_at = $5
-WHERE order_id = $1;
+SET state = $2, partial_shipments = partial_shipments + $3, shipped_at = $4, updated_at = $5,
+    version = version + 1
+WHERE order_id = $1
+RETURNING version, seq;
 
 -- name: shipments_of_order
 SELECT s.shipment_id, s.external_id, s.partial, s.shipped_at,

@@ -49,6 +49,10 @@ async def test_released_at_its_time_not_before(consumer, tenant, pool, settings)
     assert await s.release_due(at(10)) == 1
     assert (await states(pool))["D1"] == ("released", at(10))
     assert await s.release_due(at(60)) == 0  # once
+    versions = await pool.fetch("SELECT v.version, v.receipt_id, v.changes FROM order_versions v "
+                                "JOIN orders o USING (order_id) WHERE o.reference = 'D1' ORDER BY v.version")
+    assert [(v["version"], v["changes"]) for v in versions] == [(1, ["*"]), (2, ["state"])]
+    assert versions[1]["receipt_id"] == "release"
     events = await pool.fetch("SELECT reference, type FROM order_events WHERE type = 'order.released' ORDER BY event_id")
     assert [(e["reference"]) for e in events] == ["NOW", "D1"]
 

@@ -33,7 +33,10 @@ async def test_complete_shipment_marks_the_order_shipped(http, server, consumer,
     async with http.get(server.url + "/api/v1/order/S1", headers=headers) as resp:
         order = (await resp.json())["data"]
     assert order["state"] == "shipped" and len(order["shipments"]) == 1
-    assert await pool.fetchval("SELECT count(*) FROM order_events WHERE type = 'order.shipped'") == 1
+    assert [(v["version"], v["changes"]) for v in order["versions"]] == [(1, ["*"]), (2, ["shipments", "state"])]
+    assert order["version"] == 2
+    shipped = await pool.fetchrow("SELECT version, data FROM order_events WHERE type = 'order.shipped'")
+    assert shipped["version"] == 2 and shipped["data"]["version"] == 2
 
 
 async def test_flag_0_refuses_partial(http, server, consumer, tenant):
