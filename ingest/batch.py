@@ -10,7 +10,7 @@ from redis.exceptions import RedisError
 from ingest.accept import Accepted, Refused, accept
 from ingest.keys import QUEUE, SETTINGS
 from ingest.responses import failure, problem, success
-from ingest.routes import WRITE_RIGHT, authenticate, decode_json, read_body
+from ingest.routes import writer_request
 from shared.logging import get_logger
 from shared.queue import receipt_id
 from shared.redis_keys import shipped_member
@@ -25,19 +25,10 @@ MAX_ORDERS = 500
 async def enqueue_batch(request: web.Request) -> web.Response:
     """207 with one result per order, in request order: a receipt (202) or its errors."""
     settings = request.app[SETTINGS]
-    raw = await read_body(request, settings.max_batch_body_bytes)
-    if isinstance(raw, web.Response):
-        return raw
-    body = decode_json(raw)
-    if isinstance(body, web.Response):
-        return body
-    if not isinstance(body, dict):
-        return problem(422, "$", "expected a JSON object with an `orders` list")
-    caller = await authenticate(request, body)
-    if isinstance(caller, web.Response):
-        return caller
-    if WRITE_RIGHT not in caller.rights:
-        return problem(403, "$.access_key", f"this key lacks the right {WRITE_RIGHT!r}")
+    checked = await writer_request(request, settings.max_batch_body_bytes)
+    if isinstance(checked, web.Response):
+        return checked
+    raw, body, caller = checked
     orders = body.get("orders")
     if not isinstance(orders, list) or not orders:
         return problem(422, "$.orders", "expected a non-empty list of orders")

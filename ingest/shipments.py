@@ -15,7 +15,7 @@ from aiohttp import web
 from ingest.accept import VALIDATION_AT
 from ingest.keys import POOL, QUEUE
 from ingest.responses import problem, success
-from ingest.routes import WRITE_RIGHT, authenticate, decode_json, read_body
+from ingest.routes import writer_request
 from shared.db import QUERIES
 from shared.events import Event, order_event_data, write_events
 from shared.logging import get_logger
@@ -30,19 +30,10 @@ routes = web.RouteTableDef()
 @routes.post("/api/v1/order/{reference}/shipments")
 async def record_shipment(request: web.Request) -> web.Response:
     """Record a shipment of lines; 201 when recorded, 200 when this shipment_id was already recorded."""
-    raw = await read_body(request)
-    if isinstance(raw, web.Response):
-        return raw
-    body = decode_json(raw)
-    if isinstance(body, web.Response):
-        return body
-    if not isinstance(body, dict):
-        return problem(422, "$", "expected a JSON object")
-    caller = await authenticate(request, body)
-    if isinstance(caller, web.Response):
-        return caller
-    if WRITE_RIGHT not in caller.rights:
-        return problem(403, "$.access_key", f"this key lacks the right {WRITE_RIGHT!r}")
+    checked = await writer_request(request)
+    if isinstance(checked, web.Response):
+        return checked
+    _, body, caller = checked
     try:
         req = msgspec.convert(body, ShipmentRequest, strict=False)
     except msgspec.ValidationError as exc:
