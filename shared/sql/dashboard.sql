@@ -72,10 +72,9 @@ SELECT now();
 
 -- name: dash_failure_counts
 -- Counted up to $1 each, so the overview's cost stays bounded however much has failed.
+-- Open rejections: the worker keeps a failed_payloads row for each (0007's partial index).
 SELECT (SELECT count(*) FROM (
-            SELECT 1 FROM receipts r
-            LEFT JOIN failed_payloads f USING (receipt_id)
-            WHERE r.state = 'rejected' AND f.resolution IS NULL
+            SELECT 1 FROM failed_payloads WHERE resolution IS NULL
             LIMIT $1) AS open_rejected) AS rejected_open,
        (SELECT count(*) FROM (
             SELECT 1 FROM webhook_deliveries d

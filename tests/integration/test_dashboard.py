@@ -480,3 +480,20 @@ async def test_repeated_wrong_passwords_are_throttled(server, pool) -> None:
         assert (await client.login("ops")).status == 429
     finally:
         await client.close()
+
+
+async def test_open_failures_count_what_is_not_handled_yet(tenant, consumer, pool) -> None:
+    from ingest.dashboard.data import open_failures
+    from tests.integration.test_worker_rules import feeder
+
+    f = await feeder(consumer, tenant)
+    await f.put(order_body("OF1")["payload"])
+    await f.put(order_body("OF1", source_id="ebay")["payload"])  # rejected: another source owns it
+    await f.put(order_body("OF2", source_id="ebay")["payload"])
+    await f.put(order_body("OF2", source_id="amazon")["payload"])  # rejected too
+    await consumer.drain()
+    assert await open_failures(pool) == {"rejected": 2, "deliveries": 0}
+    rejected = [r["receipt_id"] for r in await pool.fetch("SELECT receipt_id FROM receipts WHERE state = 'rejected'")]
+    await pool.execute("UPDATE failed_payloads SET resolution = 'discarded', resolved_at = now() "
+                       "WHERE receipt_id = $1", rejected[0])
+    assert await open_failures(pool) == {"rejected": 1, "deliveries": 0}
