@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import uuid
@@ -156,19 +157,32 @@ class Server:
         self.url, self.app = url, app
 
 
-@pytest.fixture
-async def server(settings: Settings) -> AsyncIterator[Server]:
-    """The receiver app served over HTTP on a free loopback port."""
-    from ingest.app import create_app
-
-    app = create_app(settings)
-    runner = web.AppRunner(app, access_log=None)
+@contextlib.asynccontextmanager
+async def serve_app(app: web.Application, **runner_options: Any) -> AsyncIterator[Server]:
+    """Serve an aiohttp app on a free loopback port for the duration of the block."""
+    runner = web.AppRunner(app, access_log=None, **runner_options)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    yield Server(f"http://127.0.0.1:{port}", app)
-    await runner.cleanup()
+    try:
+        yield Server(f"http://127.0.0.1:{port}", app)
+    finally:
+        await runner.cleanup()
+
+
+def serve_receiver(settings: Settings) -> contextlib.AbstractAsyncContextManager[Server]:
+    """The receiver with these settings, served over HTTP."""
+    from ingest.app import create_app
+
+    return serve_app(create_app(settings))
+
+
+@pytest.fixture
+async def server(settings: Settings) -> AsyncIterator[Server]:
+    """The receiver app served over HTTP on a free loopback port."""
+    async with serve_receiver(settings) as running:
+        yield running
 
 
 @pytest.fixture

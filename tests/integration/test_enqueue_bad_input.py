@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import msgspec
 import pytest
 import redis.asyncio as aioredis
 
 from shared.redis_keys import RedisKeys
 from shared.settings import Settings
-from tests.conftest import Server, Tenant, fixture_path, order_body
+from tests.conftest import Server, Tenant, fixture_path, order_body, serve_receiver
 
 ENQUEUE = "/api/v1/order/enqueue"
 
@@ -157,22 +158,9 @@ async def test_over_the_key_rate_is_429_with_retry_after(http, server, tenant: T
 
 
 async def test_redis_unreachable_is_503_never_202(http, tenant: Tenant, settings):
-    import msgspec
-    from aiohttp import web
-
-    from ingest.app import create_app
-
     down = msgspec.structs.replace(settings, redis_url="redis://127.0.0.1:1/0")
-    runner = web.AppRunner(create_app(down))
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
-    try:
-        status, answer, _ = await post(http, Server(f"http://127.0.0.1:{port}", runner.app),
-                                       order_body(), await tenant.headers())
-    finally:
-        await runner.cleanup()
+    async with serve_receiver(down) as receiver:
+        status, answer, _ = await post(http, receiver, order_body(), await tenant.headers())
     assert status == 503
     assert answer["status"] == "failure"
 

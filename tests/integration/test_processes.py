@@ -16,7 +16,7 @@ import msgspec
 import pytest
 
 from shared.settings import Settings
-from tests.conftest import Tenant, order_body
+from tests.conftest import Tenant, order_body, serve_receiver
 
 ORDERFLOW = str(Path(sys.executable).parent / "orderflow")
 ENQUEUE = "/api/v1/order/enqueue"
@@ -67,17 +67,9 @@ async def test_cli_entity_and_keys(settings: Settings, pool) -> None:
 
 @pytest.mark.parametrize("announced", [True, False], ids=["cli-announces", "cache-ttl-only"])
 async def test_revoked_key_is_refused_within_5_seconds(settings, pool, http, template_db, announced) -> None:
-    from aiohttp import web
-
-    from ingest.app import create_app
-
     settings = msgspec.structs.replace(settings, key_cache_ttl_s=Settings().key_cache_ttl_s)
-    runner = web.AppRunner(create_app(settings))
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}{ENQUEUE}"  # type: ignore[union-attr]
-    try:
+    async with serve_receiver(settings) as receiver:
+        url = receiver.url + ENQUEUE
         entity = cli(settings, "entity", "create", "Shop")
         key = cli(settings, "key", "create", "--entity", entity["entity_id"])
         headers = {"CG-Access-Key": key["access_key"], "CG-Entity-ID": entity["entity_id"]}
@@ -99,8 +91,6 @@ async def test_revoked_key_is_refused_within_5_seconds(settings, pool, http, tem
 
         took = await asyncio.wait_for(refused(), timeout=5.0)
         print(f"revoked key refused after {took:.2f} s ({'announced' if announced else 'TTL only'})")
-    finally:
-        await runner.cleanup()
 
 
 def start_worker(settings: Settings, *args: str, **extra: str) -> subprocess.Popen[bytes]:

@@ -10,6 +10,7 @@ import msgspec
 from ingest.handoff import HandoffCoalescer
 from shared.db import connect, migrate, migration_files
 from shared.queue import IngestQueue
+from tests.conftest import serve_receiver
 from worker.store import ADDRESS_COLUMNS, LINE_COLUMNS
 
 # table -> {column: data_type}; what the code reads and writes
@@ -111,35 +112,15 @@ async def test_health_and_readiness(http, server, settings):
 
 
 async def test_readiness_names_the_database_when_it_is_down(http, settings):
-    from aiohttp import web
-
-    from ingest.app import create_app
-
     down = msgspec.structs.replace(settings, database_url="postgresql://postgres@127.0.0.1:1/x")
-    runner = web.AppRunner(create_app(down))
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
-    try:
-        async with http.get(f"http://127.0.0.1:{port}/readyz") as resp:
+    async with serve_receiver(down) as receiver:
+        async with http.get(receiver.url + "/readyz") as resp:
             assert resp.status == 503
-            answer = await resp.json()
-    finally:
-        await runner.cleanup()
-    assert answer["data"] == {"redis": "up", "postgresql": "down"}
-    # the load balancer's probe: a receiver still takes orders into Redis
-    runner = web.AppRunner(create_app(down))
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
-    try:
-        async with http.get(f"http://127.0.0.1:{port}/readyz?require=redis") as resp:
+            assert (await resp.json())["data"] == {"redis": "up", "postgresql": "down"}
+        # the load balancer's probe: a receiver still takes orders into Redis
+        async with http.get(receiver.url + "/readyz?require=redis") as resp:
             assert resp.status == 200
             assert (await resp.json())["data"]["postgresql"] == "down"
-    finally:
-        await runner.cleanup()
 
 
 class CountingQueue(IngestQueue):

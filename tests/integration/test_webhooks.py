@@ -32,7 +32,7 @@ from shared.webhooks import (
     rotate_secret,
     set_enabled,
 )
-from tests.conftest import Server, Tenant, order_body
+from tests.conftest import Server, Tenant, order_body, serve_app
 from worker.webhooks import WebhookSender
 
 T0 = dt.datetime(2026, 6, 1, 12, 0, tzinfo=dt.UTC)
@@ -171,16 +171,12 @@ async def running_sink(clock: Callable[[], dt.datetime]) -> AsyncIterator[Sink]:
     s = Sink(clock=clock)
     app = web.Application()
     app.router.add_post("/{key}/{behaviour}", s.handle)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    s.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
-    try:
-        yield s
-    finally:
-        s.release.set()
-        await runner.cleanup()
+    async with serve_app(app, shutdown_timeout=1) as served:
+        s.url = served.url
+        try:
+            yield s
+        finally:
+            s.release.set()  # let hanging handlers end before the runner shuts down
 
 
 @pytest.fixture

@@ -13,11 +13,9 @@ from typing import Any
 
 import msgspec
 import pytest
-from aiohttp import web
 
-from ingest.app import create_app
 from shared.settings import Settings
-from tests.conftest import Tenant, make_tenant
+from tests.conftest import Tenant, make_tenant, serve_receiver
 from tests.integration.test_webhooks import ALLOW, Clock, Shop, Sink, running_sink
 from worker.webhooks import WebhookSender
 
@@ -149,21 +147,15 @@ async def test_subscriptions_over_http(server, http, tenant: Tenant, pool, setti
 
 async def test_subscribe_refuses_internal_urls_without_the_allow_list(http, tenant: Tenant, settings) -> None:
     strict = msgspec.structs.replace(settings, webhook_allow_nets="")
-    runner = web.AppRunner(create_app(strict), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}{API}"  # type: ignore[union-attr]
     admin = await tenant.headers(rights=("admin",))
-    try:
+    async with serve_receiver(strict) as receiver:
+        url = receiver.url + API
         for target, why in [("http://127.0.0.1:9/x", "loopback"), ("http://10.0.0.1/x", "private"),
                             ("http://169.254.169.254/latest", "metadata"), ("http://[::1]/x", "loopback"),
                             ("http://[::ffff:127.0.0.1]/x", "loopback"), ("http://0.0.0.0/x", "unspecified"),
                             ("http://localhost:9/x", "localhost resolves to")]:
             bad = await call(http, "POST", url, admin, {"url": target}, status=422)
             assert bad["errors"][0]["loc"] == "$.url" and why in bad["errors"][0]["msg"], (target, bad)
-    finally:
-        await runner.cleanup()
 
 
 # --- the command line ----------------------------------------------------------------------

@@ -13,9 +13,9 @@ import msgspec
 
 from shared.queue import IngestQueue, make_envelope, receipt_id
 from shared.redis_keys import RedisKeys
-from worker.store import store_batch
 from shared.schemas import Header, json_encoder
 from tests.conftest import Tenant, order_body
+from worker.store import store_batch
 
 T0 = dt.datetime(2026, 6, 1, 12, 0, tzinfo=dt.UTC)
 
