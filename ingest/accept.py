@@ -19,6 +19,13 @@ from shared.zones import zone_named
 VALIDATION_AT = re.compile(r" - at `(\$[^`]*)`$")
 
 
+def validation_problem(exc: msgspec.ValidationError, loc: str = "$") -> Problem:
+    """A msgspec validation error as a Problem at its path (relative to `loc`)."""
+    text = str(exc)
+    match = VALIDATION_AT.search(text)
+    return Problem(loc=loc + (match.group(1)[1:] if match else ""), msg=VALIDATION_AT.sub("", text))
+
+
 class Refused(Exception):
     """The payload cannot be accepted: an HTTP status and every problem."""
 
@@ -59,10 +66,7 @@ def accept(caller: Caller, payload: Any, *, loc: str = "$.payload",
     try:
         typed = msgspec.convert(payload, type=PayloadIn, strict=False)
     except msgspec.ValidationError as exc:
-        text = str(exc)
-        match = VALIDATION_AT.search(text)
-        where = loc + (match.group(1)[1:] if match else "")
-        raise Refused(422, [Problem(loc=where, msg=VALIDATION_AT.sub("", text))]) from exc
+        raise Refused(422, [validation_problem(exc, loc)]) from exc
     try:
         order, rule_warnings = normalize_order(typed, zone_named(caller.timezone))
     except OrderInvalid as exc:

@@ -12,9 +12,9 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from ingest.accept import VALIDATION_AT
+from ingest.accept import validation_problem
 from ingest.keys import POOL, QUEUE
-from ingest.responses import problem, success
+from ingest.responses import failure, problem, success
 from ingest.routes import writer_request
 from shared.db import QUERIES
 from shared.events import Event, order_event_data, write_events
@@ -37,8 +37,7 @@ async def record_shipment(request: web.Request) -> web.Response:
     try:
         req = msgspec.convert(body, ShipmentRequest, strict=False)
     except msgspec.ValidationError as exc:
-        match = VALIDATION_AT.search(str(exc))
-        return problem(422, match.group(1) if match else "$", VALIDATION_AT.sub("", str(exc)))
+        return failure(422, [validation_problem(exc)])
     reference = request.match_info["reference"]
     now = dt.datetime.now(dt.UTC)
     async with request.app[POOL].acquire() as conn, conn.transaction():

@@ -6,13 +6,13 @@ sent in the CG-Access-Key / CG-Entity-ID headers.
 from __future__ import annotations
 
 import datetime as dt
-import re
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import msgspec
 from aiohttp import web
 
+from ingest.accept import validation_problem
 from ingest.auth import Caller, Unauthorized
 from ingest.keys import CACHE, POOL, SETTINGS
 from ingest.responses import problem, success
@@ -22,7 +22,6 @@ from shared.ssrf import UnsafeURL
 routes = web.RouteTableDef()
 ADMIN_RIGHT = "admin"
 BASE = "/api/v1/webhooks"
-_AT = re.compile(r" - at `(\$[^`]*)`$")
 T = TypeVar("T")
 Handler = Callable[[web.Request, Caller], Awaitable[web.Response]]
 
@@ -78,9 +77,8 @@ async def _decode(request: web.Request, kind: type[T]) -> T:
     try:
         return msgspec.json.decode(raw or b"{}", type=kind)
     except msgspec.ValidationError as exc:
-        text = str(exc)
-        match = _AT.search(text)
-        raise _BadRequest(422, match.group(1) if match else "$", _AT.sub("", text)) from exc
+        found = validation_problem(exc)
+        raise _BadRequest(422, found.loc, found.msg) from exc
     except msgspec.DecodeError as exc:
         raise _BadRequest(400, "$", f"not valid JSON: {exc}") from exc
 
