@@ -40,18 +40,15 @@ def main() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def migrate(as_json: bool) -> None:
     """Create the database if needed and apply missing schema migrations."""
-    from shared.db import connect, ensure_database
+    from shared.db import connection, ensure_database
     from shared.db import migrate as run_migrations
 
     settings = _settings()
 
     async def go() -> dict[str, Any]:
         await ensure_database(settings.database_url)
-        conn = await connect(settings.database_url)
-        try:
+        async with connection(settings.database_url) as conn:
             return await run_migrations(conn)
-        finally:
-            await conn.close()
 
     result = _run(go)
     applied = ", ".join(result["applied"]) or "nothing to apply"
@@ -99,7 +96,7 @@ def entity_create(name: str, timezone: str, entity_id: str | None, as_json: bool
     """Create an entity and print its id."""
     from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-    from shared.db import QUERIES, connect
+    from shared.db import QUERIES, connection
 
     try:
         ZoneInfo(timezone)
@@ -109,11 +106,8 @@ def entity_create(name: str, timezone: str, entity_id: str | None, as_json: bool
     new_id = entity_id or "ent_" + secrets.token_hex(6)
 
     async def go() -> str:
-        conn = await connect(settings.database_url)
-        try:
+        async with connection(settings.database_url) as conn:
             return str(await conn.fetchval(QUERIES["entity_create"], new_id, name, timezone))
-        finally:
-            await conn.close()
 
     created = _run(go)
     _emit(as_json, {"entity_id": created}, f"entity {created} ({name}, {timezone})")
@@ -135,7 +129,7 @@ def key_create(entity_id: str, rights: str, sources: str | None, as_json: bool) 
     import asyncpg
 
     from shared.access import hash_key, new_access_key, new_key_id, parse_rights
-    from shared.db import QUERIES, connect
+    from shared.db import QUERIES, connection
 
     try:
         right_list = parse_rights(rights)
@@ -147,14 +141,12 @@ def key_create(entity_id: str, rights: str, sources: str | None, as_json: bool) 
     access_key = new_access_key(key_id)
 
     async def go() -> None:
-        conn = await connect(settings.database_url)
-        try:
-            await conn.execute(QUERIES["key_create"], key_id, entity_id,
-                               hash_key(settings.key_pepper, access_key), list(right_list), source_list)
-        except asyncpg.ForeignKeyViolationError as exc:
-            raise click.ClickException(f"no entity {entity_id!r}") from exc
-        finally:
-            await conn.close()
+        async with connection(settings.database_url) as conn:
+            try:
+                await conn.execute(QUERIES["key_create"], key_id, entity_id,
+                                   hash_key(settings.key_pepper, access_key), list(right_list), source_list)
+            except asyncpg.ForeignKeyViolationError as exc:
+                raise click.ClickException(f"no entity {entity_id!r}") from exc
 
     _run(go)
     _emit(as_json, {"key_id": key_id, "access_key": access_key, "entity_id": entity_id,
@@ -168,16 +160,13 @@ def key_create(entity_id: str, rights: str, sources: str | None, as_json: bool) 
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def key_list(entity_id: str | None, as_json: bool) -> None:
     """List keys (never the secret)."""
-    from shared.db import QUERIES, connect
+    from shared.db import QUERIES, connection
 
     settings = _settings()
 
     async def go() -> list[dict[str, Any]]:
-        conn = await connect(settings.database_url)
-        try:
+        async with connection(settings.database_url) as conn:
             return [dict(r) for r in await conn.fetch(QUERIES["key_list"], entity_id)]
-        finally:
-            await conn.close()
 
     keys = _run(go)
     if as_json:
@@ -194,16 +183,13 @@ def key_list(entity_id: str | None, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def key_revoke(key_id: str, as_json: bool) -> None:
     """Revoke a key; receivers refuse it within 5 seconds."""
-    from shared.db import QUERIES, connect
+    from shared.db import QUERIES, connection
 
     settings = _settings()
 
     async def go() -> bool:
-        conn = await connect(settings.database_url)
-        try:
+        async with connection(settings.database_url) as conn:
             return await conn.fetchval(QUERIES["key_revoke"], key_id) is not None
-        finally:
-            await conn.close()
 
     if not _run(go):
         raise click.ClickException(f"no active key {key_id!r}")

@@ -38,21 +38,19 @@ def operator_create(name: str, password_stdin: bool, as_json: bool) -> None:
     import asyncpg
 
     from shared.cli import _emit, _run, _settings
-    from shared.db import QUERIES, connect
+    from shared.db import QUERIES, connection
 
     settings = _settings()
     password_hash = _hash(_read_password(password_stdin))
 
     async def go() -> None:
-        conn = await connect(settings.database_url)
-        try:
-            await conn.execute(QUERIES["dash_operator_create"], name, password_hash)
-        except asyncpg.UniqueViolationError as exc:
-            raise click.ClickException(f"operator {name!r} exists; use `orderflow operator password`") from exc
-        except asyncpg.CheckViolationError as exc:
-            raise click.BadParameter("1 to 64 of A-Z a-z 0-9 _ . @ -", param_hint="NAME") from exc
-        finally:
-            await conn.close()
+        async with connection(settings.database_url) as conn:
+            try:
+                await conn.execute(QUERIES["dash_operator_create"], name, password_hash)
+            except asyncpg.UniqueViolationError as exc:
+                raise click.ClickException(f"operator {name!r} exists; use `orderflow operator password`") from exc
+            except asyncpg.CheckViolationError as exc:
+                raise click.BadParameter("1 to 64 of A-Z a-z 0-9 _ . @ -", param_hint="NAME") from exc
 
     _run(go)
     _emit(as_json, {"operator": name}, f"operator {name} created")
@@ -65,17 +63,14 @@ def operator_create(name: str, password_stdin: bool, as_json: bool) -> None:
 def operator_password(name: str, password_stdin: bool, as_json: bool) -> None:
     """Set a new password (and enable the operator again); ends the operator's sessions."""
     from shared.cli import _emit, _run, _settings
-    from shared.db import QUERIES, connect
+    from shared.db import QUERIES, connection
 
     settings = _settings()
     password_hash = _hash(_read_password(password_stdin))
 
     async def go() -> bool:
-        conn = await connect(settings.database_url)
-        try:
+        async with connection(settings.database_url) as conn:
             return await conn.fetchval(QUERIES["dash_operator_set_password"], name, password_hash) is not None
-        finally:
-            await conn.close()
 
     if not _run(go):
         raise click.ClickException(f"no operator {name!r}")
@@ -88,16 +83,13 @@ def operator_password(name: str, password_stdin: bool, as_json: bool) -> None:
 def operator_disable(name: str, as_json: bool) -> None:
     """Refuse the operator's logins and end their sessions at once."""
     from shared.cli import _emit, _run, _settings
-    from shared.db import QUERIES, connect
+    from shared.db import QUERIES, connection
 
     settings = _settings()
 
     async def go() -> bool:
-        conn = await connect(settings.database_url)
-        try:
+        async with connection(settings.database_url) as conn:
             return await conn.fetchval(QUERIES["dash_operator_disable"], name) is not None
-        finally:
-            await conn.close()
 
     if not _run(go):
         raise click.ClickException(f"no enabled operator {name!r}")
@@ -111,16 +103,13 @@ def operator_list(as_json: bool) -> None:
     import json
 
     from shared.cli import _run, _settings
-    from shared.db import QUERIES, connect
+    from shared.db import QUERIES, connection
 
     settings = _settings()
 
     async def go() -> list[dict[str, Any]]:
-        conn = await connect(settings.database_url)
-        try:
+        async with connection(settings.database_url) as conn:
             return [dict(r) for r in await conn.fetch(QUERIES["dash_operator_list"])]
-        finally:
-            await conn.close()
 
     rows = _run(go)
     if as_json:

@@ -30,18 +30,15 @@ def _settings() -> Settings:
 
 def _with_conn(fn: Callable[[Any, Settings], Awaitable[T]]) -> T:
     """Run `fn(conn, settings)` on one connection; our errors become clean CLI errors."""
-    from shared.db import connect
+    from shared.db import connection
     from shared.ssrf import UnsafeURL
     from shared.webhooks import WebhookConflict, WebhookNotFound
 
     settings = _settings()
 
     async def go() -> T:
-        conn = await connect(settings.database_url)
-        try:
+        async with connection(settings.database_url) as conn:
             return await fn(conn, settings)
-        finally:
-            await conn.close()
 
     try:
         return asyncio.run(go())

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
+from collections.abc import AsyncIterator
 from importlib import resources
 from typing import Any
 
@@ -70,6 +72,16 @@ async def connect(dsn: str) -> asyncpg.Connection:
     conn = await asyncpg.connect(dsn)
     await _init_connection(conn)
     return conn
+
+
+@contextlib.asynccontextmanager
+async def connection(dsn: str) -> AsyncIterator[asyncpg.Connection]:
+    """One connection for the length of a block (CLI commands, migrations), closed after."""
+    conn = await connect(dsn)
+    try:
+        yield conn
+    finally:
+        await conn.close()
 
 
 def migration_files() -> list[tuple[int, str, str]]:

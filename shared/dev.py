@@ -72,11 +72,10 @@ def choose_services(data_dir: Path) -> tuple[str, str, Any]:
 async def prepare_database(settings: Settings, data_dir: Path) -> dict[str, str]:
     """Migrate, and make (or reuse) the demo entity and key."""
     from shared.access import hash_key, new_access_key, new_key_id
-    from shared.db import QUERIES, connect, ensure_database, migrate
+    from shared.db import QUERIES, connection, ensure_database, migrate
 
     await ensure_database(settings.database_url)
-    conn = await connect(settings.database_url)
-    try:
+    async with connection(settings.database_url) as conn:
         result = await migrate(conn)
         _say(f"schema at version {result['version']} (applied: {', '.join(result['applied']) or 'none'})")
         demo_file = data_dir / "demo-key.json"
@@ -96,8 +95,6 @@ async def prepare_database(settings: Settings, data_dir: Path) -> dict[str, str]
         demo = {"entity_id": entity_id, "key_id": key_id, "access_key": access_key}
         _write_private(demo_file, json.dumps(demo, indent=2))
         return demo
-    finally:
-        await conn.close()
 
 
 def _write_private(path: Path, text: str) -> None:
