@@ -45,12 +45,13 @@ class IngestConsumer:
                                        self.settings.priority_aging_s)
         if not batch:
             return 0
-        unreadable = [(seq, env) for seq, env in batch if not readable(env)]
+        ok = [readable(env) for _, env in batch]
+        unreadable = [item for item, good in zip(batch, ok, strict=True) if not good]
         if unreadable:
             # never retried: a header no worker can decode would stall the queue forever
             log.error("payloads_dead_lettered", seqs=[seq for seq, _ in unreadable])
             await self.queue.dead_letter(unreadable)
-            batch = [(seq, env) for seq, env in batch if readable(env)]
+            batch = [item for item, good in zip(batch, ok, strict=True) if good]
             if not batch:
                 return len(unreadable)
         seqs = [seq for seq, _ in batch]
