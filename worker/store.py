@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import hashlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,7 +21,7 @@ from shared.events import TRANSITION_EVENTS, Event, order_event_data, write_even
 from shared.logging import get_logger
 from shared.queue import normalised_order, receipt_id, split_envelope
 from shared.rules.lifecycle import changed_fields, place, refuse_change
-from shared.rules.order import OrderInvalid, normalize_order
+from shared.rules.order import OrderInvalid, content_hash, normalize_order
 from shared.schemas import (
     Header,
     Order,
@@ -155,8 +154,8 @@ async def store_batch(
                 return await _reject_alone(conn, prepared[0], now, f"could not be stored: {exc}", batch[0][1])
             log.warning("batch_split", size=len(prepared), error=str(exc))
             rows: list[ReceiptRow] = []
-            for item in prepared:
-                rows += await store_batch(conn, [(item.seq, _reenvelope(item, batch))], now)
+            for seq, envelope in sorted(batch):
+                rows += await store_batch(conn, [(seq, envelope)], now)
             return rows
     raise BatchRace("batch kept racing with another worker")
 
@@ -170,10 +169,6 @@ def event_data(cur: Current, priority: int, status: int) -> dict[str, Any]:
 
 def _json(value: Any) -> str:
     return json_encoder.encode(value).decode()
-
-
-def _reenvelope(item: Prepared, batch: Sequence[tuple[int, bytes]]) -> bytes:
-    return next(env for seq, env in batch if seq == item.seq)
 
 
 async def _keep_rejected(conn: asyncpg.Connection, receipts: list[ReceiptRow], envelopes: dict[int, bytes]) -> None:
@@ -258,7 +253,7 @@ async def _plan_and_write(
                                 f"a newer update (sequence {cur.seq}) is already stored", key))
             continue
         document = json_decoder.decode(item.order_json)
-        digest = hashlib.sha256(item.order_json).digest()  # == shared.rules.order.content_hash
+        digest = content_hash(item.order_json)
         if cur is not None and digest == cur.content_hash:
             cur.seq = bumps[key] = item.seq
             receipts.append(_receipt(item, now, "stored", 200, "identical repeat: nothing changed", key))

@@ -27,7 +27,6 @@ from shared.schemas import (
     Order,
     PayloadIn,
     Problem,
-    json_encoder,
 )
 
 INT32_MAX = 2_147_483_647
@@ -327,6 +326,6 @@ def normalize_order(payload: PayloadIn | None, zone: ZoneInfo) -> tuple[Order, l
     return order, c.warnings
 
 
-def content_hash(order: Order) -> bytes:
-    """Identity of an order's content: equal hashes mean an identical repeat."""
-    return hashlib.sha256(json_encoder.encode(order)).digest()
+def content_hash(order_json: bytes) -> bytes:
+    """Identity of an order's content (its normalised JSON): equal hashes mean an identical repeat."""
+    return hashlib.sha256(order_json).digest()
