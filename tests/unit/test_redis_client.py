@@ -110,3 +110,30 @@ def test_arq_settings_follow_the_url() -> None:
     assert sentinel.sentinel and sentinel.sentinel_master == "orders"
     assert sentinel.host == [("s1", 26380), ("s2", 26379)]
     assert (sentinel.database, sentinel.password) == (4, "pw")
+
+
+def test_hiredis_packing_sends_the_same_bytes_as_redis_py() -> None:
+    from redis.asyncio.connection import Connection
+
+    from shared.redis_client import PackedConnection
+
+    envelope = b'["tok",...]\n{"reference":"A-1"}\n{"reference":"A-1"}'
+    commands = [
+        ("EVALSHA", "a" * 40, 6, *["{p}:k"] * 6, "rate", 0, 0, 20, 10**12, 2,
+         3, "key_abcdef123456", "127.0.0.1", "", envelope, -7, "key_x", "::1", "ent\x1fA-1", envelope * 5000),
+        ("SCRIPT LOAD", "return 1"),
+        (b"CONFIG GET", "maxmemory"),
+        ("SET", "k", 1.5, "EX", 30),
+        ("GET", "ünïcode"),
+    ]
+    for command in commands:
+        assert b"".join(PackedConnection().pack_command(*command)) == b"".join(Connection().pack_command(*command))
+
+
+def test_hiredis_packing_refuses_what_redis_py_refuses() -> None:
+    from redis.exceptions import DataError
+
+    from shared.redis_client import PackedConnection
+
+    with pytest.raises(DataError):
+        PackedConnection().pack_command("SET", "k", {"a": 1})
