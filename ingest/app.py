@@ -57,16 +57,14 @@ async def _cancel(task: asyncio.Task[None]) -> None:
 
 
 @web.middleware
-async def _no_nul_in_path(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """PostgreSQL text cannot hold U+0000: such a path names nothing we store."""
-    if any("\x00" in v for v in request.match_info.values()):
+async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Paths holding U+0000 name nothing we store (PostgreSQL text cannot hold it): 404.
+
+    PostgreSQL unreachable: 503 (retry) rather than 500; enqueue needs it only for unseen keys.
+    One middleware, not two: aiohttp runs each as a coroutine on every request.
+    """
+    if request.match_info and any("\x00" in v for v in request.match_info.values()):
         return problem(404, "$", "no such resource")
-    return await handler(request)
-
-
-@web.middleware
-async def _database_down(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """503 (retry) rather than 500 when PostgreSQL is unreachable; enqueue needs it only for unseen keys."""
     try:
         return await handler(request)
     except KeyStoreUnavailable:
@@ -82,8 +80,7 @@ def create_app(settings: Settings | None = None) -> web.Application:
     # each route enforces its own limit (read_body); this is the outer bound
     app = web.Application(client_max_size=max(settings.max_body_bytes, settings.max_batch_body_bytes))
     app[SETTINGS] = settings
-    app.middlewares.append(_no_nul_in_path)
-    app.middlewares.append(_database_down)
+    app.middlewares.append(_guard)
     app.cleanup_ctx.append(_resources)
     app.add_routes(batch_routes)
     app.add_routes(routes)

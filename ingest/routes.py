@@ -11,7 +11,7 @@ import msgspec
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from ingest.accept import Refused, accept
+from ingest.accept import Refused, accept, accept_typed, known_body
 from ingest.auth import Caller, Unauthorized
 from ingest.handoff import OrderShipped, RateLimited
 from ingest.keys import CACHE, HANDOFF, POOL, QUEUE, REDIS, SETTINGS
@@ -32,14 +32,17 @@ WRITE_RIGHT = "orders:write"
 async def read_body(request: web.Request, limit: int | None = None) -> bytes | web.Response:
     """The body, or a 413 answer when it is over `limit` (default ORDERFLOW_MAX_BODY_BYTES)."""
     limit = limit or request.app[SETTINGS].max_body_bytes
-    too_large = problem(413, "$", f"body is larger than the limit of {limit} bytes")
     if request.content_length is not None and request.content_length > limit:
-        return too_large
+        return _too_large(limit)
     try:
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
-        return too_large
-    return too_large if len(raw) > limit else raw
+        return _too_large(limit)
+    return _too_large(limit) if len(raw) > limit else raw
+
+
+def _too_large(limit: int) -> web.Response:
+    return problem(413, "$", f"body is larger than the limit of {limit} bytes")
 
 
 def decode_json(raw: bytes) -> Any | web.Response:
@@ -52,22 +55,31 @@ def decode_json(raw: bytes) -> Any | web.Response:
         return problem(400, "$", f"not valid JSON: {exc}", data={"byte_offset": offset})
 
 
-def _credentials(request: web.Request, body: dict[str, Any] | None) -> tuple[str | None, str | None]:
-    key = request.headers.get("CG-Access-Key")
-    entity = request.headers.get("CG-Entity-ID")
-    if key is None and body is not None:
-        key = body.get("access_key") if isinstance(body.get("access_key"), str) else None
-    if entity is None and body is not None:
-        entity = body.get("entity_id") if isinstance(body.get("entity_id"), str) else None
-    return key, entity
+def _text_field(body: dict[str, Any] | None, name: str) -> str | None:
+    value = body.get(name) if body is not None else None
+    return value if isinstance(value, str) else None
 
 
 async def authenticate(request: web.Request, body: dict[str, Any] | None) -> Caller | web.Response:
-    key, entity = _credentials(request, body)
+    """The caller named by the CG-Access-Key/CG-Entity-ID headers, else by the body's fields."""
+    return await _authenticate(request, _text_field(body, "access_key"), _text_field(body, "entity_id"))
+
+
+async def _authenticate(request: web.Request, body_key: str | None, body_entity: str | None,
+                        ) -> Caller | web.Response:
+    key = request.headers.get("CG-Access-Key")
+    entity = request.headers.get("CG-Entity-ID")
     try:
-        return await request.app[CACHE].authenticate(key, entity)
+        return await request.app[CACHE].authenticate(key if key is not None else body_key,
+                                                     entity if entity is not None else body_entity)
     except Unauthorized:
         return problem(401, "$.access_key", "unknown entity or wrong access key")
+
+
+def _may_write(caller: Caller | web.Response) -> Caller | web.Response:
+    if isinstance(caller, web.Response) or WRITE_RIGHT in caller.rights:
+        return caller
+    return problem(403, "$.access_key", f"this key lacks the right {WRITE_RIGHT!r}")
 
 
 def _client_address(request: web.Request) -> str:
@@ -84,29 +96,41 @@ async def writer_request(request: web.Request, limit: int | None = None,
     raw = await read_body(request, limit)
     if isinstance(raw, web.Response):
         return raw
+    return await _writer_body(request, raw)
+
+
+async def _writer_body(request: web.Request, raw: bytes) -> tuple[bytes, dict[str, Any], Caller] | web.Response:
     body = decode_json(raw)
     if isinstance(body, web.Response):
         return body
     if not isinstance(body, dict):
         return problem(422, "$", "expected a JSON object")
-    caller = await authenticate(request, body)
+    caller = _may_write(await authenticate(request, body))
     if isinstance(caller, web.Response):
         return caller
-    if WRITE_RIGHT not in caller.rights:
-        return problem(403, "$.access_key", f"this key lacks the right {WRITE_RIGHT!r}")
     return raw, body, caller
 
 
 @routes.post("/api/v1/order/enqueue")
 async def enqueue(request: web.Request) -> web.Response:
     """Authenticate, validate the whole order, hand it to Redis, answer 202 with a receipt."""
-    checked = await writer_request(request)
-    if isinstance(checked, web.Response):
-        return checked
-    raw, body, caller = checked
+    raw = await read_body(request)
+    if isinstance(raw, web.Response):
+        return raw
     try:
-        ok = accept(caller, body.get("payload"), envelope_fields={k: v for k, v in body.items() if k != "payload"},
-                    may_hold_nul=b"\\u0000" in raw)
+        if (known := known_body(raw)) is not None:  # the common body: straight into types
+            body, typed, payload_json = known
+            caller = _may_write(await _authenticate(request, body.access_key, body.entity_id))
+            if isinstance(caller, web.Response):
+                return caller
+            ok = accept_typed(caller, typed, payload_json)
+        else:  # anything else the long way, which names every problem and unknown field
+            checked = await _writer_body(request, raw)
+            if isinstance(checked, web.Response):
+                return checked
+            raw, decoded, caller = checked
+            ok = accept(caller, decoded.get("payload"), may_hold_nul=b"\\u0000" in raw,
+                        envelope_fields={k: v for k, v in decoded.items() if k != "payload"})
     except Refused as exc:
         return failure(exc.status, exc.errors)
     order, warnings, token, envelope = ok.order, ok.warnings, ok.token, ok.envelope
