@@ -2,7 +2,8 @@
 
 Three shapes of the same order:
 - an HTTP body template (prefix, suffix around the reference) for the load generator;
-- queue envelopes built exactly as ingest/routes.py builds them, to pre-fill Redis;
+- queue envelopes built by the receiver's own code (ingest.accept.accept, as ingest/routes.py
+  calls it for a 202), to pre-fill Redis;
 - the rows the worker would write, for the raw COPY baseline.
 """
 
@@ -12,15 +13,16 @@ import datetime as dt
 import hashlib
 import json
 import secrets
-import time
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from shared.queue import make_envelope, receipt_id
+from ingest.accept import Refused, accept
+from ingest.auth import Caller
+from shared.queue import receipt_id
 from shared.rules.lifecycle import place
-from shared.rules.order import normalize_order, parse_request, unknown_fields
-from shared.schemas import Header, json_encoder
+from shared.rules.order import normalize_order, parse_request
+from shared.schemas import json_encoder
 from shared.zones import zone_named
 
 REF_PLACEHOLDER = "@@BENCH_REFERENCE@@"
@@ -55,17 +57,34 @@ def body_template(access_key: str, entity_id: str) -> tuple[str, str]:
     return prefix, suffix
 
 
+WRITE_RIGHT = "orders:write"  # what ingest/routes.py requires before it calls accept()
+
+
+def bench_caller(*, entity_id: str, key_id: str, timezone: str = "UTC",
+                 can_create_products: bool = True) -> Caller:
+    """The ingest.auth.Caller the receiver would build for the bench's key (no source limit)."""
+    rights = {WRITE_RIGHT, "products:create"} if can_create_products else {WRITE_RIGHT}
+    return Caller(key_id=key_id, entity_id=entity_id, rights=frozenset(rights), source_ids=None,
+                  timezone=timezone)
+
+
 def envelope(body: dict[str, Any], *, entity_id: str, key_id: str, timezone: str = "UTC",
              can_create_products: bool = True) -> tuple[int, bytes]:
-    """(priority, envelope) exactly as ingest/routes.py builds them for a 202."""
-    typed = parse_request(body)
-    order, rule_warnings = normalize_order(typed.payload, zone_named(timezone))
-    warnings = unknown_fields(body) + rule_warnings
-    header = Header(token=secrets.token_hex(6), entity_id=entity_id, key_id=key_id,
-                    can_create_products=can_create_products, timezone=timezone,
-                    received_at=time.time(), priority=order.priority, reference=order.reference,
-                    warnings=warnings)
-    return order.priority, make_envelope(json_encoder.encode(header), json_encoder.encode(body["payload"]))
+    """(priority, envelope) for a 202, built by the receiver's own code.
+
+    Calls ingest.accept.accept exactly as ingest/routes.py does (the body's keys other than
+    "payload" as envelope_fields), so the envelope carries whatever the receiver puts in it
+    (today: header, raw payload, normalised order) and cannot drift from it.
+    """
+    caller = bench_caller(entity_id=entity_id, key_id=key_id, timezone=timezone,
+                          can_create_products=can_create_products)
+    try:
+        ok = accept(caller, body.get("payload"),
+                    envelope_fields={k: v for k, v in body.items() if k != "payload"})
+    except Refused as exc:
+        raise RuntimeError(f"the receiver's rules refuse the bench order ({exc.status}): "
+                           f"{exc.errors}") from exc
+    return ok.order.priority, ok.envelope
 
 
 def _json(value: Any) -> str:

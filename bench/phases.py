@@ -40,7 +40,7 @@ class Options:
     e2e_rate: float
     e2e_connections: int
     drain_cap_s: float
-    analyze: bool = True  # stand in for autovacuum's ANALYZE (see monitor.Analyzer)
+    analyze: bool = True  # ANALYZE at autovacuum's trigger, checked every 5 s (see monitor.Analyzer)
 
 
 async def post_one(url: str, body: dict[str, Any]) -> tuple[int, str]:

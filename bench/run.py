@@ -16,6 +16,7 @@ from typing import Any
 
 from bench import wrk
 from bench.env import BenchEnv
+from bench.monitor import BENCH_PG
 from bench.phases import Options, phase_e2e, phase_ingest, phase_store
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -42,8 +43,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--uvloop", action="store_true",
                    help="run every process (bare app, receiver, workers) on uvloop (A/B; needs uvloop from PyPI)")
     p.add_argument("--no-analyze", action="store_true",
-                   help="do not ANALYZE the tables every 5 s during phases 2 and 3 (the local PostgreSQL "
-                        "runs with autovacuum off; see bench/README.md)")
+                   help="do not ANALYZE tables during phases 2 and 3 (by default, every 5 s, those past "
+                        "autovacuum's analyze trigger, since the local PostgreSQL runs with autovacuum off; "
+                        "see bench/README.md)")
     p.add_argument("--only", default="ingest,store,e2e", help="comma-separated phases to run")
     p.add_argument("--profile", action="store_true",
                    help="instead of measuring: py-spy the receiver and the workers under load (bench/profile.py)")
@@ -132,6 +134,23 @@ def budget(us: dict[str, float]) -> str:
     return ", ".join(f"{k} {v:,.0f} µs" for k, v in us.items() if "all, incl." not in k)
 
 
+def orderflow_us(us: dict[str, float]) -> float:
+    """CPU per order of orderflow's processes and PostgreSQL work: no neighbours, no bench housekeeping."""
+    return sum(v for k, v in us.items() if "all, incl." not in k and k != BENCH_PG)
+
+
+def analyze_line(runs: Any) -> str:
+    """How many ANALYZEs the Analyzer ran (autovacuum's trigger, checked every 5 s), per table."""
+    if not isinstance(runs, dict):
+        return "ANALYZE: off (--no-analyze)" if runs is None else f"ANALYZE: {runs}"
+    st = runs["settings"]
+    tables = ", ".join(f"{t} {n}" for t, n in runs["by_table"].items()) or "none"
+    return (f"ANALYZE as autovacuum would ({st['autovacuum_analyze_threshold']:.0f} + "
+            f"{st['autovacuum_analyze_scale_factor']:g} x reltuples rows changed; {runs['checks']} checks "
+            f"every {runs['interval_s']:.0f} s): {runs['analyzes']} runs, {runs['seconds_in_analyze']:.2f} s; "
+            f"{tables}" + (f"; FAILED {runs['error']}" if runs.get("error") else ""))
+
+
 def print_report(result: dict[str, Any]) -> None:
     ingest, store, e2e = result.get("ingest"), result.get("store"), result.get("e2e")
     summary = result["summary"]
@@ -141,7 +160,8 @@ def print_report(result: dict[str, Any]) -> None:
         f"load avg at start {result['machine']['loadavg_at_start']}")
     say(f"load generator: {result['load_generator']}")
     say(f"event loop: {result['event_loop']}; PostgreSQL autovacuum {result.get('pg_autovacuum')}, "
-        f"bench ANALYZE every 5 s: {'yes' if result['options']['analyze'] else 'no'}")
+        f"bench ANALYZE at autovacuum's trigger (checked every 5 s): "
+        f"{'yes' if result['options']['analyze'] else 'no'}")
     g = result["git"]
     say(f"code: {g['commit']}" + (f" + uncommitted changes in {len(g['dirty_paths_outside_bench'])} paths"
                                  if g["dirty_paths_outside_bench"] else ""))
@@ -174,6 +194,7 @@ def print_report(result: dict[str, Any]) -> None:
         say(f"   CPU per order, COPY:   {budget(store['copy']['before']['cpu_us_per_order'])}")
         say(f"   CPU per order, worker: {budget(w['cpu_us_per_order'])}")
         say(f"   worker/COPY  {store['ratio']:.2f}   target >= 0.50  {_verdict(summary['worker_vs_copy']['met'])}")
+        say(f"   {analyze_line(w.get('analyze_runs'))}")
     if e2e:
         wr = e2e["wrk"]
         lag = e2e["lag_s"]
@@ -215,7 +236,8 @@ def print_report(result: dict[str, Any]) -> None:
         if sizes:
             say(f"   mean batch size in the workers: {', '.join(f'{x:.0f}' for x in sizes)} "
                 f"(phase 2: {', '.join(str(lg.get('mean_batch_size')) for lg in (result.get('store') or {}).get('worker', {}).get('logs', {}).values()) or 'n/a'})")
-        own = sum(v for k, v in us.items() if "all, incl." not in k)
+        say(f"   {analyze_line(e2e.get('analyze_runs'))}")
+        own = orderflow_us(us)
         say(f"   => {own:,.0f} µs of CPU per order end to end: {own * TARGETS['e2e_rate_per_s'] / 1e6:.1f} cores "
             f"for 5,000/s (this machine: {result['machine']['cores']})")
 
