@@ -101,3 +101,24 @@ async def test_published_example_is_refused_with_offset(http, server, tenant, po
     # the first non-breaking space (U+00A0, bytes C2 A0) is where the JSON breaks
     assert offset == raw.index(b"\xc2\xa0")
     assert await pool.fetchval("SELECT count(*) FROM orders") == 0
+
+
+async def test_pretty_printed_body_is_stored_with_its_payload_as_sent(http, server, tenant, consumer, pool):
+    """The fast path keeps the payload's own text; one spread over lines is compacted for the envelope."""
+    body = json.loads(fixture_path("order-valid.json").read_text())
+    _, access_key = await tenant.key()
+    body["access_key"], body["entity_id"] = access_key, tenant.entity_id
+    for reference, indent in (("PRETTY-1", 2), ("SPACED-1", None)):
+        body["payload"]["reference"] = reference
+        text = json.dumps(body, indent=indent)
+        async with http.post(server.url + ENQUEUE, data=text,
+                             headers={"Content-Type": "application/json"}) as resp:
+            assert resp.status == 202, await resp.text()
+            assert "warnings" not in await resp.json()
+    assert await consumer.drain() == 2
+    rows = {r["reference"]: r for r in await pool.fetch(
+        "SELECT reference, raw::text AS raw, document::text AS document FROM orders")}
+    assert json.loads(rows["PRETTY-1"]["raw"])["reference"] == "PRETTY-1"
+    assert "\n" not in rows["PRETTY-1"]["raw"]
+    assert rows["SPACED-1"]["raw"] == json.dumps(body["payload"])  # as sent, spaces and all
+    assert json.loads(rows["SPACED-1"]["document"])["billing"]["city"] == "New York"
