@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import asyncpg
 import redis.asyncio as aioredis
 
-from shared.access import hash_key, key_id_of, key_matches
+from shared.access import KeyHasher, key_id_of
 from shared.db import QUERIES
 
 
@@ -26,12 +26,8 @@ class Caller:
 
 @dataclass(frozen=True, slots=True)
 class _KeyRecord:
-    key_id: str
-    entity_id: str
+    caller: Caller
     key_hash: bytes
-    rights: frozenset[str]
-    source_ids: frozenset[str] | None
-    timezone: str
     revoked: bool
 
 
@@ -56,11 +52,11 @@ class KeyCache:
 
     def __init__(self, pool: asyncpg.Pool, pepper: str, ttl_s: float) -> None:
         self.pool = pool
-        self.pepper = pepper
+        self.hasher = KeyHasher(pepper)
         self.ttl_s = ttl_s
         self._entries: dict[str, tuple[float, _KeyRecord | None]] = {}
         # compared against when the key id is unknown, so timing does not tell
-        self._dummy = hash_key(pepper, "ak_key_000000000000_dummy")
+        self._dummy = self.hasher.hash("ak_key_000000000000_dummy")
 
     async def _record(self, key_id: str) -> _KeyRecord | None:
         now = time.monotonic()
@@ -80,10 +76,10 @@ class KeyCache:
             return hit[1]
         record = None
         if row is not None:
-            record = _KeyRecord(
-                row["key_id"], row["entity_id"], bytes(row["key_hash"]), frozenset(row["rights"]),
-                frozenset(row["source_ids"]) if row["source_ids"] is not None else None,
-                row["timezone"], row["revoked_at"] is not None)
+            caller = Caller(row["key_id"], row["entity_id"], frozenset(row["rights"]),
+                            frozenset(row["source_ids"]) if row["source_ids"] is not None else None,
+                            row["timezone"])
+            record = _KeyRecord(caller, bytes(row["key_hash"]), row["revoked_at"] is not None)
         if len(self._entries) > 100_000:
             self._entries.clear()
         self._entries[key_id] = (now + self.ttl_s, record)
@@ -96,10 +92,10 @@ class KeyCache:
         key_id = key_id_of(access_key)
         record = await self._record(key_id) if key_id else None
         expected = record.key_hash if record is not None else self._dummy
-        ok = key_matches(self.pepper, access_key, expected)
-        if not ok or record is None or record.revoked or record.entity_id != entity_id:
+        ok = self.hasher.matches(access_key, expected)
+        if not ok or record is None or record.revoked or record.caller.entity_id != entity_id:
             raise Unauthorized
-        return Caller(record.key_id, record.entity_id, record.rights, record.source_ids, record.timezone)
+        return record.caller
 
     def forget(self, key_id: str | None = None) -> None:
         """Drop cached keys (one or all)."""

@@ -44,6 +44,23 @@ def key_matches(pepper: str, access_key: str, stored_hash: bytes) -> bool:
     return hmac.compare_digest(hash_key(pepper, access_key), stored_hash)
 
 
+class KeyHasher:
+    """hash_key and key_matches with the pepper's HMAC state keyed once, not per request."""
+
+    def __init__(self, pepper: str) -> None:
+        self._mac = hmac.new(pepper.encode(), digestmod=hashlib.sha256)
+
+    def hash(self, access_key: str) -> bytes:
+        """hash_key(pepper, access_key)."""
+        mac = self._mac.copy()
+        mac.update(access_key.encode())
+        return mac.digest()
+
+    def matches(self, access_key: str, stored_hash: bytes) -> bool:
+        """key_matches(pepper, access_key, stored_hash), in constant time."""
+        return hmac.compare_digest(self.hash(access_key), stored_hash)
+
+
 def parse_rights(text: str) -> tuple[str, ...]:
     """Comma-separated rights, each one we know."""
     rights = tuple(r.strip() for r in text.split(",") if r.strip())
