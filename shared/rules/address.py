@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 __all__ = ["COUNTRY_CODES", "is_country_code", "split_street_full"]
 
@@ -43,8 +44,8 @@ _LEADING = re.compile(
 _NO_NUMBER = "no house number in street_full"
 
 
-def split_street_full(value: str) -> tuple[str, str, str]:
-    """Split a one-line street into (street, housenumber, housenumber_ext)."""
+def _split_street_full(value: str) -> tuple[str, str, str]:
+    """Split a one-line street into (street, housenumber, housenumber_ext): the uncached work."""
     # str.split() without arguments splits on every Unicode space, \u00a0 and tabs
     # included, which clients paste in from spreadsheets and the vendor's own docs.
     text = " ".join(value.split())
@@ -60,6 +61,30 @@ def split_street_full(value: str) -> tuple[str, str, str]:
         ext = match["sep_ext"] or match["glued_ext"] or match["spaced_ext"] or ""
         return street, match["number"], ext
     raise ValueError(_NO_NUMBER)
+
+
+# Billing and shipping usually carry the same street, and a shop's customers repeat
+# theirs, so splits are remembered, failures too (as None: the only error is _NO_NUMBER).
+# Only short values are cached, so the cache stays small whatever clients send.
+_CACHED_MAX_LEN = 200
+
+
+@lru_cache(maxsize=4096)
+def _split_cached(value: str) -> tuple[str, str, str] | None:
+    try:
+        return _split_street_full(value)
+    except ValueError:
+        return None
+
+
+def split_street_full(value: str) -> tuple[str, str, str]:
+    """Split a one-line street into (street, housenumber, housenumber_ext)."""
+    if type(value) is str and len(value) <= _CACHED_MAX_LEN:
+        parts = _split_cached(value)
+        if parts is None:
+            raise ValueError(_NO_NUMBER)
+        return parts
+    return _split_street_full(value)
 
 
 # ISO 3166-1 alpha-2, the 249 officially assigned codes. User-assigned codes such as

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import re
 import zoneinfo
+from functools import lru_cache
 
 __all__ = ["parse_order_datetime"]
 
@@ -30,11 +31,52 @@ _DATE_RE = re.compile(
 _ZERO_DATES = frozenset({"0000-00-00", "0000-00-00 00:00:00"})
 
 
+# The shapes nearly every client sends: 'Y-m-d H:i:s' and ISO 8601 with seconds, an
+# optional fraction and an optional 'Z' or '+hh:mm'. A strict subset of _DATE_RE with the
+# same meaning per group; whatever it does not match goes to the full parser.
+_COMMON_RE = re.compile(
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt ]([0-9]{2}):([0-9]{2}):([0-9]{2})"
+    r"(?:[.,]([0-9]{1,9}))?([Zz]|[+-][0-9]{2}:[0-9]{2})?",
+    re.ASCII,
+)
+
+
 def parse_order_datetime(value: str, zone: zoneinfo.ZoneInfo) -> datetime.datetime | None:
     """Parse an API date in the entity's zone; '' means none."""
     text = value.strip()
     if not text or text in _ZERO_DATES:
         return None
+    parsed = _parse_common(text, zone)
+    if parsed is None:
+        parsed = _parse_any(text, zone)
+    return parsed
+
+
+def _parse_common(text: str, zone: zoneinfo.ZoneInfo) -> datetime.datetime | None:
+    """The same result as _parse_any for the common shapes, else None (never an error)."""
+    match = _COMMON_RE.fullmatch(text)
+    if match is None:
+        return None
+    year, month, day, hour, minute, second, fraction, offset = match.groups()
+    try:
+        local = datetime.datetime(
+            int(year),
+            int(month),
+            int(day),
+            int(hour),
+            int(minute),
+            int(second),
+            int(fraction.ljust(6, "0")[:6]) if fraction else 0,
+            # fold=0 as in _parse_any; a tzinfo given here equals .replace(tzinfo=...).
+            zone if offset is None else _offset_zone(offset),
+        )
+        return local.astimezone(datetime.UTC)
+    except (ValueError, OverflowError):
+        return None  # impossible value: _parse_any words the error
+
+
+def _parse_any(text: str, zone: zoneinfo.ZoneInfo) -> datetime.datetime:
+    """Parse a stripped, non-empty date of any accepted shape, or raise ValueError."""
     match = _DATE_RE.fullmatch(text)
     if match is None:
         raise ValueError(f"not a date: {_EXPECTED}")
@@ -78,3 +120,7 @@ def _fixed_offset(offset: str) -> datetime.timezone:
     delta = datetime.timedelta(hours=hours, minutes=minutes)
     # datetime.timezone itself raises ValueError for offsets of 24 h or more.
     return datetime.timezone(-delta if offset[0] == "-" else delta)
+
+
+# _fixed_offset, remembered for the common path: offsets repeat and zones are immutable.
+_offset_zone = lru_cache(maxsize=256)(_fixed_offset)

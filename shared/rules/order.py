@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from decimal import Decimal, InvalidOperation
+from operator import attrgetter
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -34,6 +35,8 @@ ADDRESS_REQUIRED = ("firstname", "lastname", "street", "housenumber", "postcode"
 ADDRESS_OPTIONAL = ("company", "housenumber_ext", "region", "phone", "email", "method")
 STATUSES = (0, 1, 8, 9)
 UNKNOWN_FIELD = "unknown field: accepted and kept in the stored document"
+# Returned by a fast path where the checked path has something to report.
+_CHECK = object()
 
 
 class OrderInvalid(Exception):
@@ -58,6 +61,8 @@ class _Collector:
 
 def _text(value: Any) -> str:
     """A scalar as text: numbers sent as numbers become their plain string."""
+    if type(value) is str:  # the common case first; the same as str(value).strip()
+        return value.strip()
     if value is None:
         return ""
     if isinstance(value, float) and value.is_integer():
@@ -67,6 +72,20 @@ def _text(value: Any) -> str:
 
 def _int(c: _Collector, loc: str, value: Any, default: int | None) -> int | None:
     """An integer sent as a number or a string; '' or absent gives the default."""
+    kind = type(value)
+    if kind is int:  # not bool, whose type is bool
+        return value
+    if kind is str:  # the branches below, for a str
+        text = value.strip()
+        if not text:
+            if default is None:
+                c.error(loc, "required")
+            return default
+        try:
+            return int(text)
+        except ValueError:
+            c.error(loc, f"expected an integer, got {value!r}")
+            return None
     if value is None or (isinstance(value, str) and value.strip() == ""):
         if default is None:
             c.error(loc, "required")
@@ -99,7 +118,7 @@ def _decimal(c: _Collector, loc: str, value: Any, *, required: bool = False) -> 
         c.error(loc, "expected a decimal number, got a boolean")
         return None
     try:
-        number = Decimal(str(value).strip())
+        number = Decimal(value.strip() if type(value) is str else str(value).strip())
     except InvalidOperation:
         c.error(loc, f"expected a decimal number, got {value!r}")
         return None
@@ -113,12 +132,87 @@ def _decimal(c: _Collector, loc: str, value: Any, *, required: bool = False) -> 
 
 
 def _flag(value: Any) -> bool:
+    if type(value) is bool:
+        return value
     if isinstance(value, str):
         return value.strip().lower() in {"1", "true", "yes"}
     return bool(value)
 
 
+# Per kind, one getter for the payload fields of an address, in the order _address_fast
+# unpacks them (street_full first, as _address_checked reads it first).
+_ADDRESS_GETTERS = {
+    kind: attrgetter(
+        *(f"{kind}_{name}" for name in ("street_full", *ADDRESS_REQUIRED, *ADDRESS_OPTIONAL))
+    )
+    for kind in ("billing", "shipping")
+}
+
+
 def _address(c: _Collector, p: PayloadIn, kind: str, *, required: bool) -> Address | None:
+    """The address of a kind; an address with anything to report takes _address_checked."""
+    address = _address_fast(p, kind, required)
+    if address is _CHECK:
+        return _address_checked(c, p, kind, required=required)
+    return address  # type: ignore[return-value]
+
+
+def _address_fast(p: PayloadIn, kind: str, required: bool) -> Address | None | object:
+    """What _address_checked returns when it reports nothing, else _CHECK; never reports."""
+    (
+        street_full,
+        firstname,
+        lastname,
+        street,
+        housenumber,
+        postcode,
+        city,
+        country,
+        company,
+        housenumber_ext,
+        region,
+        phone,
+        email,
+        method,
+    ) = [
+        (value.strip() if type(value) is str else "" if value is None else _text(value))
+        for value in _ADDRESS_GETTERS[kind](p)
+    ]
+    if not required and not street_full and not (
+        firstname or lastname or street or housenumber or postcode or city or country
+    ):
+        return None
+    if street_full and not street:
+        try:
+            street, number, ext = split_street_full(street_full)
+        except ValueError:
+            return _CHECK
+        housenumber = housenumber or number
+        housenumber_ext = housenumber_ext or ext
+    if not (firstname and lastname and street and housenumber and postcode and city and country):
+        return _CHECK
+    country = country.upper()
+    if not is_country_code(country):
+        return _CHECK
+    return Address(
+        firstname=firstname,
+        lastname=lastname,
+        street=street,
+        housenumber=housenumber,
+        postcode=postcode,
+        city=city,
+        country=country,
+        company=company,
+        housenumber_ext=housenumber_ext,
+        region=region,
+        phone=phone,
+        email=email,
+        method=method,
+    )
+
+
+def _address_checked(c: _Collector, p: PayloadIn, kind: str, *, required: bool) -> Address | None:
+    """The address of a kind, reporting every bad field (the reference for _address_fast)."""
     base = "$.payload." + kind + "_"
     fields = {name: getattr(p, f"{kind}_{name}") for name in (*ADDRESS_REQUIRED, *ADDRESS_OPTIONAL)}
     street_full = _text(getattr(p, f"{kind}_street_full"))
@@ -150,7 +244,86 @@ def _address(c: _Collector, p: PayloadIn, kind: str, *, required: bool) -> Addre
     return Address(**values)
 
 
-def _line(c: _Collector, loc: str, item: ItemIn) -> Line | None:
+def _plain_int(value: Any, default: int | None) -> int | None:
+    """The integer _int gives for an int or a numeric str without reporting, else None."""
+    kind = type(value)
+    if kind is int:
+        return value
+    if kind is str:
+        text = value.strip()
+        if not text:
+            return default
+        try:
+            return int(text)
+        except ValueError:
+            return None
+    if value is None:
+        return default
+    return None
+
+
+def _plain_decimal(value: Any) -> Decimal | None | object:
+    """What _decimal gives (not required) for None, a str or an int, silently; else _CHECK."""
+    if value is None:
+        return None
+    kind = type(value)
+    if kind is str:
+        text = value.strip()
+        if not text:
+            return None
+    elif kind is int:
+        text = str(value)
+    else:
+        return _CHECK
+    try:
+        number = Decimal(text)
+    except InvalidOperation:
+        return _CHECK
+    if not number.is_finite() or number < 0:
+        return _CHECK
+    return number
+
+
+def _line_fast(item: ItemIn) -> Line | None:
+    """What _line_checked returns when it reports nothing, else None; never reports."""
+    sku = item.sku
+    sku = sku.strip() if type(sku) is str else _text(sku)
+    if not sku:
+        return None
+    qty = _plain_int(item.qty, None)
+    if qty is None or not 0 < qty <= INT32_MAX:
+        return None
+    allocation = _plain_int(item.allocation_type, 1)
+    if allocation != 1 and allocation != 2:
+        return None
+    cost = _plain_decimal(item.cost)
+    if cost is _CHECK or (cost is not None and allocation == 1):
+        return None
+    unit_price = _plain_decimal(item.unit_price)
+    if unit_price is _CHECK:
+        return None
+    weight = _plain_decimal(item.weight)
+    if weight is _CHECK:
+        return None
+    description = item.description
+    reference = item.reference
+    return Line(
+        sku=sku,
+        qty=qty,
+        description=description.strip() if type(description) is str else _text(description),
+        weight=weight,  # type: ignore[arg-type]
+        reference=reference.strip() if type(reference) is str else _text(reference),
+        unit_price=unit_price,  # type: ignore[arg-type]
+        is_kit=_flag(item.is_kit),
+        allocation_type=allocation,  # type: ignore[arg-type]
+        cost=cost,  # type: ignore[arg-type]
+        custom_options=item.custom_options,
+        packing=item.packing,
+    )
+
+
+def _line_checked(c: _Collector, loc: str, item: ItemIn) -> Line | None:
+    """One line, reporting every bad field (the reference for _line_fast)."""
     before = len(c.errors)
     sku = _text(item.sku)
     if not sku:
@@ -184,15 +357,33 @@ def _line(c: _Collector, loc: str, item: ItemIn) -> Line | None:
     )
 
 
-def _flatten_items(items: list[ItemIn | list[ItemIn]]) -> list[tuple[str, ItemIn]]:
-    """Both shapes the vendor shows: a list of lines, or a list of lists of lines."""
-    flat: list[tuple[str, ItemIn]] = []
+def _lines(c: _Collector, items: list[ItemIn | list[ItemIn]]) -> list[Line]:
+    """The lines of both shapes the vendor shows: a list of lines, or a list of lists of lines.
+
+    A line goes through _line_fast, and only when that declines through _line_checked with
+    its location ($.payload.items[i] or $.payload.items[i][j]), built only then.
+    """
+    lines: list[Line] = []
+    count = 0
     for i, entry in enumerate(items):
         if isinstance(entry, list):
-            flat.extend((f"$.payload.items[{i}][{j}]", item) for j, item in enumerate(entry))
+            count += len(entry)
+            for j, item in enumerate(entry):
+                line = _line_fast(item)
+                if line is None:
+                    line = _line_checked(c, f"$.payload.items[{i}][{j}]", item)
+                if line is not None:
+                    lines.append(line)
         else:
-            flat.append((f"$.payload.items[{i}]", entry))
-    return flat
+            count += 1
+            line = _line_fast(entry)
+            if line is None:
+                line = _line_checked(c, f"$.payload.items[{i}]", entry)
+            if line is not None:
+                lines.append(line)
+    if not count:  # only lists, all empty: no line reported anything
+        c.error("$.payload.items", "at least one line is required")
+    return lines
 
 
 def unknown_fields(body: dict[str, Any]) -> list[Problem]:
@@ -271,30 +462,23 @@ def normalize_order(payload: PayloadIn | None, zone: ZoneInfo) -> tuple[Order, l
         c.error("$.payload.currency", "required")
     elif len(currency) != 3 or not currency.isalpha():
         c.error("$.payload.currency", f"expected a 3-letter ISO 4217 code, got {p.currency!r}")
-    created_at = delivery_at = None
-    for name in ("created_at", "delivery_at"):
-        try:
-            value = parse_order_datetime(_text(getattr(p, name)), zone)
-        except ValueError as exc:
-            c.error(f"$.payload.{name}", str(exc))
-            continue
-        if name == "created_at":
-            created_at = value
-        else:
-            delivery_at = value
+    try:
+        created_at = parse_order_datetime(_text(p.created_at), zone)
+    except ValueError as exc:
+        created_at = None
+        c.error("$.payload.created_at", str(exc))
+    try:
+        delivery_at = parse_order_datetime(_text(p.delivery_at), zone)
+    except ValueError as exc:
+        delivery_at = None
+        c.error("$.payload.delivery_at", str(exc))
     billing = _address(c, p, "billing", required=True)
     shipping = _address(c, p, "shipping", required=order_type != 1)
     lines: list[Line] = []
     if not p.items:
         c.error("$.payload.items", "at least one line is required")
     else:
-        flat = _flatten_items(p.items)
-        if not flat:
-            c.error("$.payload.items", "at least one line is required")
-        for loc, item in flat:
-            line = _line(c, loc, item)
-            if line is not None:
-                lines.append(line)
+        lines = _lines(c, p.items)
     if c.errors:
         raise OrderInvalid(c.errors)
     if cod_amount > 0 and flag_partial != 0:
