@@ -7,9 +7,10 @@ import datetime as dt
 from typing import Any
 
 import asyncpg
+import msgspec
 
 from shared.db import QUERIES
-from shared.schemas import json_encoder
+from shared.schemas import Order, json_encoder
 
 # the state an order enters -> the event that says so
 TRANSITION_EVENTS = {"released": "order.released", "held": "order.held", "cancelled": "order.cancelled",
@@ -25,7 +26,8 @@ class Event:
     type: str
     version: int
     priority: int
-    data: dict[str, Any]
+    # the event's JSON object, or that object already encoded (JSON text, see order_event_json)
+    data: dict[str, Any] | str
 
 
 def order_event_data(document: dict[str, Any], *, state: str, status: int, priority: int,
@@ -37,6 +39,31 @@ def order_event_data(document: dict[str, Any], *, state: str, status: int, prior
             "version": version}
 
 
+_ORDER_FIELDS = frozenset(f.encode_name for f in msgspec.structs.fields(Order))
+# order_event_json is exact while the keys it overrides are Order fields and those it adds are not
+SPLICE_EXACT = (frozenset({"status", "priority", "source_id"}) <= _ORDER_FIELDS
+                and not _ORDER_FIELDS & {"state", "release_at", "released_at", "version"})
+
+
+def order_event_json(order_json: bytes, *, state: str, release_at: dt.datetime | None,
+                     released_at: dt.datetime | None, version: int) -> str:
+    """`order_event_data` as JSON text, built from the order's JSON without decoding it.
+
+    `order_json` must be `json_encoder.encode(order)` of the Order whose status, priority and
+    source_id the event carries (the worker's case). Then `{**document, ...}` keeps those three
+    keys in place with the same values and appends state, release_at, released_at and version:
+    the same text as encoding order_event_data's dict (only while SPLICE_EXACT holds).
+    """
+    tail = json_encoder.encode({"state": state, "release_at": release_at,
+                                "released_at": released_at, "version": version})
+    return (order_json[:-1] + b"," + tail[1:]).decode()
+
+
+def event_json(data: dict[str, Any] | str) -> str:
+    """An Event's data as the JSON text stored in order_events.data."""
+    return data if isinstance(data, str) else json_encoder.encode(data).decode()
+
+
 async def write_events(conn: asyncpg.Connection, events: list[Event],
                        ids: dict[tuple[str, str], int | None], now: dt.datetime) -> None:
     """Insert outbox rows in the caller's transaction; `ids` maps keys to order ids."""
@@ -46,4 +73,4 @@ async def write_events(conn: asyncpg.Connection, events: list[Event],
         QUERIES["batch_insert_events"], [e.key[0] for e in events], [ids.get(e.key) for e in events],
         [e.key[1] for e in events], [e.source_id for e in events], [e.type for e in events],
         [e.version for e in events], [e.priority for e in events],
-        [json_encoder.encode(e.data).decode() for e in events], [now] * len(events))
+        [event_json(e.data) for e in events], [now] * len(events))

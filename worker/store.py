@@ -1,15 +1,17 @@
 """Store a claimed batch of payloads in one PostgreSQL transaction.
 
 Decisions (sequence guard, source ownership, identical repeats, change rules, unknown
-SKUs) are made in Python from rows locked up front; the writes are a handful of
-set-based statements, so a batch of 200 costs about as many round trips as a batch of 1.
-One bad order never fails its batch-mates: it gets a rejected receipt, the rest commit.
+SKUs) are made in Python from rows locked up front (two statements); the writes are one
+statement (batch_store: orders, lines, addresses, versions, receipts, outbox rows), so a
+batch of 200 costs as many round trips as a batch of 1. One bad order never fails its
+batch-mates: it gets a rejected receipt, the rest commit.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import operator
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,7 +19,15 @@ import asyncpg
 import msgspec
 
 from shared.db import QUERIES
-from shared.events import TRANSITION_EVENTS, Event, order_event_data, write_events
+from shared.events import (
+    SPLICE_EXACT,
+    TRANSITION_EVENTS,
+    Event,
+    event_json,
+    order_event_data,
+    order_event_json,
+    write_events,
+)
 from shared.logging import get_logger
 from shared.queue import normalised_order, receipt_id, split_envelope
 from shared.rules.lifecycle import changed_fields, place, refuse_change
@@ -90,10 +100,17 @@ class Current:
     state: str
     version: int
     content_hash: bytes
-    document: dict[str, Any]
+    # the order's JSON object; None until needed when planned from `document_json` in this batch
+    document: dict[str, Any] | None
     release_at: dt.datetime | None
     released_at: dt.datetime | None
     stored_at: dt.datetime
+    document_json: bytes = b""
+
+    def doc(self) -> dict[str, Any]:
+        if self.document is None:
+            self.document = json_decoder.decode(self.document_json)
+        return self.document
 
 
 def readable(envelope: bytes) -> bool:
@@ -162,7 +179,7 @@ async def store_batch(
 
 def event_data(cur: Current, priority: int, status: int) -> dict[str, Any]:
     """The order as stored at `cur`, for an outbox row."""
-    return order_event_data(cur.document, state=cur.state, status=status, priority=priority,
+    return order_event_data(cur.doc(), state=cur.state, status=status, priority=priority,
                             release_at=cur.release_at, released_at=cur.released_at,
                             source_id=cur.source_id, version=cur.version)
 
@@ -211,20 +228,23 @@ async def _plan_and_write(
     valid = [p for p in prepared if p.order is not None]
     pairs = sorted({(p.header.entity_id, p.reference) for p in valid})
     current: dict[tuple[str, str], Current] = {}
+    known: set[tuple[str, str]] = set()
     if pairs:
         # Serialise batches that touch the same references, new ones included, always in one
         # order: no deadlock, and no two workers creating the same reference blind.
-        await conn.execute(QUERIES["batch_lock_references"], [e for e, _ in pairs], [r for _, r in pairs])
-        for r in await conn.fetch(QUERIES["batch_lock_orders"], [e for e, _ in pairs], [ref for _, ref in pairs]):
-            current[(r["entity_id"], r["reference"])] = Current(
-                r["order_id"], r["source_id"], r["seq"], r["state"], r["version"],
-                bytes(r["content_hash"]), r["document"], r["release_at"], r["released_at"],
-                r["stored_at"])
-    sku_pairs = sorted({(p.header.entity_id, line.sku) for p in valid for line in p.order.items})  # type: ignore[union-attr]
-    known: set[tuple[str, str]] = set()
-    if sku_pairs:
-        rows = await conn.fetch(QUERIES["batch_known_products"], [e for e, _ in sku_pairs], [s for _, s in sku_pairs])
-        known = {(r["entity_id"], r["sku"]) for r in rows}
+        entity_ids, references = [e for e, _ in pairs], [r for _, r in pairs]
+        await conn.execute(QUERIES["batch_lock_references"], entity_ids, references)
+        sku_pairs = list({(p.header.entity_id, line.sku) for p in valid for line in p.order.items})  # type: ignore[union-attr]
+        rows = await conn.fetch(QUERIES["batch_lock_orders_known_products"], entity_ids, references,
+                                [e for e, _ in sku_pairs], [s for _, s in sku_pairs])
+        for r in rows:
+            if r["kind"] == "p":
+                known.add((r["entity_id"], r["sku"]))
+            else:
+                current[(r["entity_id"], r["reference"])] = Current(
+                    r["order_id"], r["source_id"], r["seq"], r["state"], r["version"],
+                    bytes(r["content_hash"]), r["document"], r["release_at"], r["released_at"],
+                    r["stored_at"])
 
     receipts: list[ReceiptRow] = []
     writes: dict[tuple[str, str], tuple[Prepared, Current]] = {}
@@ -252,15 +272,17 @@ async def _plan_and_write(
                 receipts.append(_receipt(item, now, "superseded", 409,
                                 f"a newer update (sequence {cur.seq}) is already stored", key))
             continue
-        document = json_decoder.decode(item.order_json)
         digest = content_hash(item.order_json)
         if cur is not None and digest == cur.content_hash:
             cur.seq = bumps[key] = item.seq
             receipts.append(_receipt(item, now, "stored", 200, "identical repeat: nothing changed", key))
             continue
         changes: list[str] = ["*"]
+        # decoded only where a dict is needed: comparing with the stored order (an update)
+        document = None
         if cur is not None:
-            changed = changed_fields(cur.document, document)
+            document = json_decoder.decode(item.order_json)
+            changed = changed_fields(cur.doc(), document)
             effective = cur.state
             if cur.released_at is not None and cur.state not in ("shipped", "cancelled"):
                 effective = "released"  # held after release: still only addresses, status, priority
@@ -282,7 +304,7 @@ async def _plan_and_write(
         version = cur.version + 1 if cur else 1
         nxt = Current(cur.order_id if cur else None, order.source_id, item.seq, placement.state,
                       version, digest, document, placement.release_at, placement.released_at,
-                      cur.stored_at if cur else now)
+                      cur.stored_at if cur else now, item.order_json)
         current[key] = nxt
         writes[key] = (item, nxt)
         touched.setdefault(key, set()).update(changes)
@@ -291,7 +313,12 @@ async def _plan_and_write(
         stored = _receipt(item, now, "stored", 200, None, key)
         stored.released = nxt.state == "released" and (cur is None or cur.state != "released")
         receipts.append(stored)
-        data = event_data(nxt, order.priority, order.status)
+        data: dict[str, Any] | str
+        if SPLICE_EXACT:  # the same JSON text as event_data's dict, without decoding the order
+            data = order_event_json(item.order_json, state=nxt.state, release_at=nxt.release_at,
+                                    released_at=nxt.released_at, version=version)
+        else:
+            data = event_data(nxt, order.priority, order.status)
         events.append(Event(key, order.source_id, "order.created" if cur is None else "order.updated",
                             version, order.priority, data))
         if nxt.state != (cur.state if cur else None) and nxt.state in TRANSITION_EVENTS:
@@ -303,87 +330,115 @@ async def _plan_and_write(
         await conn.execute(QUERIES["batch_create_products"], [e for e, _ in ks], [s for _, s in ks],
                            [new_products[k][0] for k in ks], [new_products[k][1] for k in ks],
                            [new_products[k][2] for k in ks])
-    order_ids = await _write_orders(conn, writes, touched, now)
+    # the order.rejected events, written only for receipts that are new (a payload seen
+    # before, its lease expired after its commit, already has its event)
+    rejections: list[tuple[Event, str]] = []
+    for r in receipts:
+        if r.state == "rejected":
+            key = (r.entity_id, r.reference)
+            cur = current.get(key)
+            version = cur.version if cur else 0
+            rejections.append((Event(key, r.source_id, "order.rejected", version, 0,
+                                     {"receipt_id": r.receipt_id, "reference": r.reference,
+                                      "source_id": r.source_id, "code": r.code, "reason": r.reason,
+                                      "version": version}), r.receipt_id))
+    order_ids = await _write_batch(conn, writes, touched, versions, receipts, events, rejections,
+                                   current, now)
     for key, cur in current.items():
         if cur.order_id is None and key in order_ids:
             cur.order_id = order_ids[key]
     if bumps:
         ids = [current[k].order_id for k in bumps]
         await conn.execute(QUERIES["batch_bump_seq"], ids, list(bumps.values()))
-    if versions:
-        await conn.execute(
-            QUERIES["batch_insert_versions"],
-            [order_ids[k] for k, *_ in versions], [v[1] for v in versions], [v[2] for v in versions],
-            [now] * len(versions), [v[3] for v in versions], [_json(v[4]) for v in versions])
-    ids_by_key = {k: c.order_id for k, c in current.items()}
-    inserted = await _write_receipts(conn, receipts, ids_by_key)
-    for r in receipts:
-        # a payload seen before (lease expired after its commit) already has its event
-        if r.state == "rejected" and r.receipt_id in inserted:
-            key = (r.entity_id, r.reference)
-            cur = current.get(key)
-            events.append(Event(key, r.source_id, "order.rejected", cur.version if cur else 0, 0,
-                                {"receipt_id": r.receipt_id, "reference": r.reference,
-                                 "source_id": r.source_id, "code": r.code, "reason": r.reason,
-                                 "version": cur.version if cur else 0}))
-    await write_events(conn, events, ids_by_key, now)
     return receipts
 
 
-async def _write_orders(
+async def _write_batch(
     conn: asyncpg.Connection, writes: dict[tuple[str, str], tuple[Prepared, Current]],
-    touched: dict[tuple[str, str], set[str]], now: dt.datetime,
+    touched: dict[tuple[str, str], set[str]],
+    versions: list[tuple[tuple[str, str], int, int, str, list[str]]], receipts: list[ReceiptRow],
+    events: list[Event], rejections: list[tuple[Event, str]],
+    current: dict[tuple[str, str], Current], now: dt.datetime,
 ) -> dict[tuple[str, str], int]:
-    if not writes:
-        return {}
-    cols: list[list[Any]] = [[] for _ in range(24)]
-    for (entity_id, reference), (item, cur) in writes.items():
-        o = item.order
-        assert o is not None
-        values = (entity_id, reference, o.source_id, cur.seq, cur.state, o.status, o.type, o.priority,
-                  o.flag_partial, o.cod_amount, o.currency, o.shipping_method, o.customer_id, _json(o.options),
-                  o.created_at, o.delivery_at, cur.release_at, cur.released_at, cur.stored_at, now,
-                  cur.version, cur.content_hash, item.order_json.decode(), item.payload_json)
-        for col, value in zip(cols, values, strict=True):
-            col.append(value)
-    rows = await conn.fetch(QUERIES["batch_upsert_orders"], *cols)
-    ids = {(r["entity_id"], r["reference"]): r["order_id"] for r in rows}
-    if len(ids) != len(writes):
-        raise BatchRace("an order was written by another worker meanwhile")
+    """Orders, lines, addresses, versions, receipts and events in one statement (batch_store)."""
     # Rewrite lines and addresses only where they changed: shipped quantities live on the lines.
     line_keys = [k for k in writes if touched[k] & {"*", "items"}]
     address_keys = [k for k in writes if touched[k] & {"*", "billing", "shipping"}]
     # a new order has nothing to delete (and the deletes cost more than they look)
-    existed = {k for k, (_, cur) in writes.items() if cur.order_id is not None}
-    if clear := [ids[k] for k in line_keys if k in existed]:
-        await conn.execute(QUERIES["batch_clear_lines"], clear)
-    if clear := [ids[k] for k in address_keys if k in existed]:
-        await conn.execute(QUERIES["batch_clear_addresses"], clear)
-    lines, addresses = [], []
-    for key in line_keys:
-        o = writes[key][0].order
-        assert o is not None
-        for n, line in enumerate(o.items, start=1):
-            lines.append((ids[key], n, line.sku, line.qty, line.description, line.weight, line.reference,
-                          line.unit_price, line.is_kit, line.allocation_type, line.cost,
-                          line.custom_options, line.packing))
-    for key in address_keys:
-        o = writes[key][0].order
-        assert o is not None
-        for kind, address in (("billing", o.billing), ("shipping", o.shipping)):
-            if address is not None:
-                addresses.append((ids[key], kind, *(getattr(address, f) for f in ADDRESS_COLUMNS)))
-    if lines:
-        await conn.copy_records_to_table("order_lines", records=lines, columns=LINE_COLUMNS)
-    if addresses:
-        await conn.copy_records_to_table("addresses", records=addresses, columns=("order_id", "kind", *ADDRESS_COLUMNS))
+    clear_lines = [c.order_id for k in line_keys if (c := writes[k][1]).order_id is not None]
+    clear_addresses = [c.order_id for k in address_keys if (c := writes[k][1]).order_id is not None]
+    if clear_lines or clear_addresses:
+        await conn.execute(QUERIES["batch_clear_rewritten"], clear_lines, clear_addresses)
+
+    w_of = {key: w for w, key in enumerate(writes, start=1)}  # the orders' numbers in batch_store
+    orders, documents, raws = [], [], []
+    for (entity_id, reference), (item, cur) in writes.items():
+        o = _order(item)
+        orders.append((entity_id, reference, o.source_id, cur.seq, cur.state, o.status, o.type,
+                       o.priority, o.flag_partial, str(o.cod_amount), o.currency, o.shipping_method,
+                       o.customer_id, _json(o.options), o.created_at, o.delivery_at, cur.release_at,
+                       cur.released_at, cur.stored_at, cur.version, cur.content_hash))
+        documents.append(item.order_json)
+        raws.append(item.payload_json)
+    lines = [(w_of[key], n, x.sku, x.qty, x.description, _text(x.weight), x.reference,
+              _text(x.unit_price), x.is_kit, x.allocation_type, _text(x.cost),
+              _json_or_null(x.custom_options), _json_or_null(x.packing))
+             for key in line_keys for n, x in enumerate(_order(writes[key][0]).items, start=1)]
+    addresses = [(w_of[key], kind, *_address_values(address))
+                 for key in address_keys for o in (_order(writes[key][0]),)
+                 for kind, address in (("billing", o.billing), ("shipping", o.shipping))
+                 if address is not None]
+    version_rows = [(w_of[key], version, seq, rid, _json(changes))
+                    for key, version, seq, rid, changes in versions]
+    receipt_rows = [(r.receipt_id, r.entity_id, r.seq, r.reference, r.source_id, r.state, r.code,
+                     r.reason, _json(r.warnings) if r.warnings else "[]", r.received_at,
+                     *_order_id(r.key, w_of, current))
+                    for r in receipts]
+    event_rows = [(e.key[0], e.key[1], e.source_id, e.type, e.version, e.priority,
+                   *_order_id(e.key, w_of, current), rid)
+                  for e, rid in [*((e, None) for e in events), *rejections]]
+    data = [event_json(e.data) for e in events] + [event_json(e.data) for e, _ in rejections]
+    # the long JSON texts travel one text per column, separated by U+001E (see batch_store)
+    rows = await conn.fetch(QUERIES["batch_store"], orders, b"\x1e".join(documents).decode(),
+                            "\x1e".join(raws), lines, addresses, version_rows, receipt_rows,
+                            event_rows, "\x1e".join(data), now)
+    ids = {(r["entity_id"], r["reference"]): r["order_id"] for r in rows}
+    if len(ids) != len(writes):
+        raise BatchRace("an order was written by another worker meanwhile")
     return ids
+
+
+def _order(item: Prepared) -> Order:
+    assert item.order is not None
+    return item.order
+
+
+def _order_id(key: tuple[str, str] | None, w_of: dict[tuple[str, str], int],
+              current: dict[tuple[str, str], Current]) -> tuple[int | None, int | None]:
+    """(order id, None) of a stored order, (None, w) of one this batch writes, else (None, None)."""
+    if key is None:
+        return None, None
+    if (w := w_of.get(key)) is not None:
+        return None, w
+    cur = current.get(key)
+    return (cur.order_id if cur is not None else None), None
+
+
+def _text(value: Any) -> str | None:
+    """A numeric as batch_store's row types carry it (numeric_in reads str(Decimal) exactly)."""
+    return None if value is None else str(value)
+
+
+def _json_or_null(value: Any) -> str | None:
+    return None if value is None else json_encoder.encode(value).decode()
 
 
 LINE_COLUMNS = ("order_id", "line_no", "sku", "qty", "description", "weight", "reference", "unit_price",
                 "is_kit", "allocation_type", "cost", "custom_options", "packing")
 ADDRESS_COLUMNS = ("firstname", "lastname", "company", "street", "housenumber", "housenumber_ext",
                    "postcode", "city", "region", "country", "phone", "email", "method")
+# an address's values in column order, as one tuple
+_address_values = operator.attrgetter(*ADDRESS_COLUMNS)
 
 
 async def _write_receipts(

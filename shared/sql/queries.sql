@@ -61,20 +61,26 @@ SELECT count(pg_advisory_xact_lock(hashtextextended(t.entity_id || chr(31) || t.
 FROM (SELECT entity_id, reference FROM unnest($1::text[], $2::text[]) AS u (entity_id, reference)
       ORDER BY entity_id, reference) AS t;
 
--- name: batch_lock_orders
--- The orders a batch touches, locked in one order (entity, reference) so batches never deadlock.
-SELECT o.order_id, o.entity_id, o.reference, o.source_id, o.seq, o.state, o.status, o.version,
-       o.content_hash, o.document, o.release_at, o.released_at, o.stored_at
-FROM orders o
-JOIN unnest($1::text[], $2::text[]) AS t (entity_id, reference)
-  ON o.entity_id = t.entity_id AND o.reference = t.reference
-ORDER BY o.entity_id, o.reference
-FOR UPDATE OF o;
-
--- name: batch_known_products
-SELECT p.entity_id, p.sku
+-- name: batch_lock_orders_known_products
+-- batch_lock_orders and batch_known_products in one round trip: the orders a batch touches,
+-- locked in one order (entity, reference) so batches never deadlock (kind 'o'), then which of
+-- its SKUs exist (kind 'p', entity_id and sku only).
+WITH locked AS MATERIALIZED (
+    SELECT o.order_id, o.entity_id, o.reference, o.source_id, o.seq, o.state, o.status, o.version,
+           o.content_hash, o.document, o.release_at, o.released_at, o.stored_at
+    FROM orders o
+    JOIN unnest($1::text[], $2::text[]) AS t (entity_id, reference)
+      ON o.entity_id = t.entity_id AND o.reference = t.reference
+    ORDER BY o.entity_id, o.reference
+    FOR UPDATE OF o
+)
+SELECT 'o' AS kind, order_id, entity_id, reference, source_id, seq, state, status, version,
+       content_hash, document, release_at, released_at, stored_at, NULL AS sku
+FROM locked
+UNION ALL
+SELECT 'p', NULL, p.entity_id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, p.sku
 FROM products p
-JOIN unnest($1::text[], $2::text[]) AS t (entity_id, sku)
+JOIN unnest($3::text[], $4::text[]) AS t (entity_id, sku)
   ON p.entity_id = t.entity_id AND p.sku = t.sku;
 
 -- name: batch_create_products
@@ -82,50 +88,11 @@ INSERT INTO products (entity_id, sku, description, weight, created_by)
 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::numeric[], $5::text[])
 ON CONFLICT (entity_id, sku) DO NOTHING;
 
--- name: batch_upsert_orders
--- The sequence guard lives in the WHERE: an older payload never overwrites a newer one,
--- even when two workers race on a reference neither had seen.
-INSERT INTO orders AS o (
-    entity_id, reference, source_id, seq, state, status, type, priority, flag_partial,
-    cod_amount, currency, shipping_method, customer_id, options, created_at, delivery_at,
-    release_at, released_at, stored_at, updated_at, version, content_hash, document, raw)
-SELECT entity_id, reference, source_id, seq, state, status, type, priority, flag_partial,
-       cod_amount, currency, shipping_method, customer_id, options::jsonb, created_at,
-       delivery_at, release_at, released_at, stored_at, updated_at, version, content_hash,
-       document::json, raw::json
-FROM unnest(
-    $1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::smallint[],
-    $7::smallint[], $8::integer[], $9::smallint[], $10::numeric[], $11::text[], $12::text[],
-    $13::text[], $14::text[], $15::timestamptz[], $16::timestamptz[], $17::timestamptz[],
-    $18::timestamptz[], $19::timestamptz[], $20::timestamptz[], $21::integer[], $22::bytea[],
-    $23::text[], $24::text[])
-  AS t (entity_id, reference, source_id, seq, state, status, type, priority, flag_partial,
-        cod_amount, currency, shipping_method, customer_id, options, created_at, delivery_at,
-        release_at, released_at, stored_at, updated_at, version, content_hash, document, raw)
-ON CONFLICT (entity_id, reference) DO UPDATE SET
-    seq = excluded.seq, state = excluded.state, status = excluded.status,
-    priority = excluded.priority, type = excluded.type, flag_partial = excluded.flag_partial,
-    cod_amount = excluded.cod_amount, currency = excluded.currency,
-    shipping_method = excluded.shipping_method, customer_id = excluded.customer_id,
-    options = excluded.options, created_at = excluded.created_at,
-    delivery_at = excluded.delivery_at, release_at = excluded.release_at,
-    released_at = excluded.released_at, updated_at = excluded.updated_at,
-    version = excluded.version, content_hash = excluded.content_hash,
-    document = excluded.document, raw = excluded.raw
-WHERE o.seq < excluded.seq
-RETURNING o.order_id, o.entity_id, o.reference;
-
 -- name: batch_bump_seq
 -- An identical repeat changes nothing but the guard, so an older payload still loses.
 UPDATE orders o SET seq = t.seq
 FROM unnest($1::bigint[], $2::bigint[]) AS t (order_id, seq)
 WHERE o.order_id = t.order_id AND o.seq < t.seq;
-
--- name: batch_clear_lines
-DELETE FROM order_lines WHERE order_id = ANY($1::bigint[]);
-
--- name: batch_clear_addresses
-DELETE FROM addresses WHERE order_id = ANY($1::bigint[]);
 
 -- name: batch_insert_versions
 -- JSON travels as text[] and is cast here: asyncpg would read a list of lists as a 2-D array.
@@ -154,6 +121,93 @@ SELECT entity_id, order_id, reference, source_id, type, version, priority, data:
 FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::integer[],
             $7::integer[], $8::text[], $9::timestamptz[])
   AS t (entity_id, order_id, reference, source_id, type, version, priority, data, created_at);
+
+-- name: batch_clear_rewritten
+-- Lines and addresses of stored orders that a batch rewrites, in one round trip.
+WITH lines AS (DELETE FROM order_lines WHERE order_id = ANY($1::bigint[]))
+DELETE FROM addresses WHERE order_id = ANY($2::bigint[]);
+
+-- name: batch_store
+-- Everything a batch writes after its locks, in one statement: the orders ($1, one per written
+-- reference, numbered w by position), lines ($4), addresses ($5), versions ($6), receipts ($7)
+-- and outbox rows ($8), as arrays of migration 0008's row types. The orders' documents ($2),
+-- raw payloads ($3) and the outbox rows' data ($9) travel as one text each, the JSON texts
+-- separated by U+001E (never raw in valid JSON; a stray one would make an extra, all-NULL row
+-- that fails NOT NULL): one long text costs asyncpg far less than an array of them. $10 is now.
+-- A receipt already stored (its payload processed twice) keeps its first outcome. Returns the
+-- orders upserted: fewer than sent when another worker won a race (the caller rolls back).
+WITH up AS (
+    INSERT INTO orders AS o (
+        entity_id, reference, source_id, seq, state, status, type, priority, flag_partial,
+        cod_amount, currency, shipping_method, customer_id, options, created_at, delivery_at,
+        release_at, released_at, stored_at, updated_at, version, content_hash, document, raw)
+    SELECT t.entity_id, t.reference, t.source_id, t.seq, t.state, t.status, t.type, t.priority,
+           t.flag_partial, t.cod_amount::numeric, t.currency, t.shipping_method, t.customer_id,
+           t.options::jsonb, t.created_at, t.delivery_at, t.release_at, t.released_at,
+           t.stored_at, $10::timestamptz, t.version, t.content_hash, t.document::json, t.raw::json
+    FROM unnest($1::batch_order[], string_to_array($2::text, E'\x1e'),
+                string_to_array($3::text, E'\x1e'))
+      AS t (entity_id, reference, source_id, seq, state, status, type, priority, flag_partial,
+            cod_amount, currency, shipping_method, customer_id, options, created_at, delivery_at,
+            release_at, released_at, stored_at, version, content_hash, document, raw)
+    ON CONFLICT (entity_id, reference) DO UPDATE SET
+        seq = excluded.seq, state = excluded.state, status = excluded.status,
+        priority = excluded.priority, type = excluded.type, flag_partial = excluded.flag_partial,
+        cod_amount = excluded.cod_amount, currency = excluded.currency,
+        shipping_method = excluded.shipping_method, customer_id = excluded.customer_id,
+        options = excluded.options, created_at = excluded.created_at,
+        delivery_at = excluded.delivery_at, release_at = excluded.release_at,
+        released_at = excluded.released_at, updated_at = excluded.updated_at,
+        version = excluded.version, content_hash = excluded.content_hash,
+        document = excluded.document, raw = excluded.raw
+    WHERE o.seq < excluded.seq
+    RETURNING o.order_id, o.entity_id, o.reference
+), ids AS (
+    -- order ids by w (NULL where another worker won the race: nothing is written for it)
+    SELECT array_agg(up.order_id ORDER BY k.ordinality) AS order_ids
+    FROM unnest($1::batch_order[]) WITH ORDINALITY AS k
+    LEFT JOIN up ON up.entity_id = k.entity_id AND up.reference = k.reference
+), lines AS (
+    INSERT INTO order_lines (order_id, line_no, sku, qty, description, weight, reference,
+                             unit_price, is_kit, allocation_type, cost, custom_options, packing)
+    SELECT (SELECT order_ids FROM ids)[l.w], l.line_no, l.sku, l.qty, l.description,
+           l.weight::numeric, l.reference, l.unit_price::numeric, l.is_kit, l.allocation_type,
+           l.cost::numeric, l.custom_options::jsonb, l.packing::jsonb
+    FROM unnest($4::batch_line[]) AS l
+    WHERE (SELECT order_ids FROM ids)[l.w] IS NOT NULL
+), addresses AS (
+    INSERT INTO addresses (order_id, kind, firstname, lastname, company, street, housenumber,
+                           housenumber_ext, postcode, city, region, country, phone, email, method)
+    SELECT (SELECT order_ids FROM ids)[a.w], a.kind, a.firstname, a.lastname, a.company, a.street,
+           a.housenumber, a.housenumber_ext, a.postcode, a.city, a.region, a.country, a.phone,
+           a.email, a.method
+    FROM unnest($5::batch_address[]) AS a
+    WHERE (SELECT order_ids FROM ids)[a.w] IS NOT NULL
+), versions AS (
+    INSERT INTO order_versions (order_id, version, seq, at, receipt_id, changes)
+    SELECT (SELECT order_ids FROM ids)[v.w], v.version, v.seq, $10::timestamptz, v.receipt_id,
+           v.changes::jsonb
+    FROM unnest($6::batch_version[]) AS v
+    WHERE (SELECT order_ids FROM ids)[v.w] IS NOT NULL
+), r AS (
+    INSERT INTO receipts (receipt_id, entity_id, seq, reference, source_id, state, code, reason,
+                          warnings, received_at, stored_at, order_id)
+    SELECT t.receipt_id, t.entity_id, t.seq, t.reference, t.source_id, t.state, t.code, t.reason,
+           t.warnings::jsonb, t.received_at, $10::timestamptz,
+           coalesce(t.order_id, (SELECT order_ids FROM ids)[t.w])
+    FROM unnest($7::batch_receipt[]) AS t
+    ON CONFLICT (receipt_id) DO NOTHING
+    RETURNING receipt_id
+), events AS (
+    INSERT INTO order_events (entity_id, order_id, reference, source_id, type, version, priority,
+                              data, created_at)
+    SELECT e.entity_id, coalesce(e.order_id, (SELECT order_ids FROM ids)[e.w]), e.reference,
+           e.source_id, e.type, e.version, e.priority, e.data::json, $10::timestamptz
+    FROM unnest($8::batch_event[], string_to_array($9::text, E'\x1e'))
+      AS e (entity_id, reference, source_id, type, version, priority, order_id, w, receipt_id, data)
+    WHERE e.receipt_id IS NULL OR e.receipt_id IN (SELECT receipt_id FROM r)
+)
+SELECT order_id, entity_id, reference FROM up;
 
 -- name: seq_floor
 -- Where a lost Redis sequence counter starts again: above everything stored (rare; a scan).
