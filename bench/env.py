@@ -53,11 +53,11 @@ class BenchEnv:
     def child_env(self, **extra: str) -> dict[str, str]:
         """The environment of every orderflow process: only our ORDERFLOW_* settings."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("ORDERFLOW_")}
-        env.update(ORDERFLOW_DATABASE_URL=self.dsn, ORDERFLOW_REDIS_URL=self.redis_url,
-                   ORDERFLOW_REDIS_PREFIX=self.prefix, ORDERFLOW_LOG_FORMAT="json",
-                   ORDERFLOW_LOG_LEVEL="INFO", PYTHONPATH=str(REPO),
-                   # orderflow picks uvloop by itself; the bare app and orderflow must share a loop
-                   ORDERFLOW_UVLOOP="1" if self.uvloop else "0", **extra)
+        env.update({"ORDERFLOW_DATABASE_URL": self.dsn, "ORDERFLOW_REDIS_URL": self.redis_url,
+                    "ORDERFLOW_REDIS_PREFIX": self.prefix, "ORDERFLOW_LOG_FORMAT": "json",
+                    "ORDERFLOW_LOG_LEVEL": "INFO", "PYTHONPATH": str(REPO),
+                    # orderflow picks uvloop by itself; the bare app and orderflow must share a loop
+                    "ORDERFLOW_UVLOOP": "1" if self.uvloop else "0", **extra})
         return env
 
     def cli(self, *args: str) -> dict[str, Any]:
@@ -172,6 +172,17 @@ class BenchEnv:
     async def start_receiver(self, name: str = "receiver") -> tuple[Proc, str]:
         port = free_port()
         proc = self.start(name, self.orderflow("serve", "--port", str(port)))
+        url = f"http://127.0.0.1:{port}"
+        await wait_http(url + "/healthz", proc)
+        return proc, url
+
+    async def start_receiver_from(self, checkout: Path, name: str) -> tuple[Proc, str]:
+        """`orderflow serve` as another checkout of the repo has it (same venv, same settings)."""
+        port = free_port()
+        env = self.child_env(PYTHONPATH=str(checkout))
+        argv = [sys.executable, "-c", "from shared.cli import main; main()", "serve", "--port", str(port)]
+        proc = spawn(name, argv, env, self.log_dir, cwd=checkout)  # cwd first on sys.path: that code
+        self.procs.append(proc)
         url = f"http://127.0.0.1:{port}"
         await wait_http(url + "/healthz", proc)
         return proc, url

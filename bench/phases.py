@@ -8,6 +8,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -57,16 +58,24 @@ def _rate(results: list[dict[str, Any]]) -> float:
 # --- 1. the receiver against a bare aiohttp app --------------------------------------------
 
 
-async def phase_ingest(env: BenchEnv, opts: Options, say: Say) -> dict[str, Any]:
-    """Closed-loop wrk at both servers in alternating rounds; then every 202 must be in Redis."""
+async def phase_ingest(env: BenchEnv, opts: Options, say: Say, against: Path | None = None) -> dict[str, Any]:
+    """Closed-loop wrk at both servers in alternating rounds; then every 202 must be in Redis.
+
+    `against`: a checkout of another revision whose receiver joins the rounds as "before",
+    so a change is measured against the code it replaces in the same minutes.
+    """
     bare, bare_url = await env.start_bare()
     receiver, recv_url = await env.start_receiver("ingest-receiver")
-    status, text = await post_one(recv_url + ENQUEUE, body_for("probe-1", env.access_key, env.entity_id))
-    if status != 202:
-        raise RuntimeError(f"the receiver answered {status} to order-valid.json: {text[:500]}")
+    servers: list[tuple[str, str, Proc]] = [("bare", bare_url, bare), ("receiver", recv_url, receiver)]
+    if against is not None:
+        before, before_url = await env.start_receiver_from(against, "ingest-receiver-before")
+        servers.append(("before", before_url, before))
+    for name, url, _ in servers[1:]:
+        status, text = await post_one(url + ENQUEUE, body_for(f"probe-{name}", env.access_key, env.entity_id))
+        if status != 202:
+            raise RuntimeError(f"the {name} receiver answered {status} to order-valid.json: {text[:500]}")
     prefix, suffix = body_template(env.access_key, env.entity_id)
     per_round = max(1.0, opts.ingest_seconds / opts.rounds)
-    servers: list[tuple[str, str, Proc]] = [("bare", bare_url, bare), ("receiver", recv_url, receiver)]
     for name, url, _ in servers:
         script = wrk.write_script(env.log_dir / f"ingest-{name}-warmup.lua", prefix, suffix,
                                   f"w{name[0]}-", 0, opts.threads)
@@ -74,7 +83,7 @@ async def phase_ingest(env: BenchEnv, opts: Options, say: Say) -> dict[str, Any]
                       threads=opts.threads)
     await asyncio.sleep(0.5)  # the warm-up's last requests land before the count starts
     before = await env.queue_counts()
-    runs: dict[str, list[dict[str, Any]]] = {"bare": [], "receiver": []}
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in servers}
     for r in range(opts.rounds):
         for name, url, proc in servers:
             script = wrk.write_script(env.log_dir / f"ingest-{name}-{r}.lua", prefix, suffix,
@@ -93,18 +102,18 @@ async def phase_ingest(env: BenchEnv, opts: Options, say: Say) -> dict[str, Any]
                 f"machine {cpu['machine_busy_cores']}/{cpu['machine_cores']} busy")
     await asyncio.sleep(1.0)  # requests wrk stopped waiting for still finish
     after = await env.queue_counts()
-    accepted = sum(r["accepted_202"] for r in runs["receiver"])
+    accepted = sum(r["accepted_202"] for name, _, _ in servers[1:] for r in runs[name])
     in_redis = after["seq"] - before["seq"]
     ready = after["ready"] - before["ready"]
     payloads = after["payloads"] - before["payloads"]
-    slack = opts.connections * opts.rounds
+    slack = opts.connections * opts.rounds * (len(servers) - 1)
     extra = in_redis - accepted
     check = {"receiver_202s": accepted, "seq_delta": in_redis, "ready_delta": ready,
              "payloads_delta": payloads, "accepted_after_wrk_stopped_reading": extra,
              "in_flight_bound": slack,
              "ok": ready == payloads == in_redis and 0 <= extra <= slack}
-    env.stop(bare)
-    env.stop(receiver)
+    for _, _, proc in servers:
+        env.stop(proc)
     await env.clear_redis()
     bare_rate, recv_rate = _rate(runs["bare"]), _rate(runs["receiver"])
     per_round_ratio = [round(rv["rate_202_per_s"] / bv["rate_202_per_s"], 3) if bv["rate_202_per_s"] else None
@@ -121,6 +130,10 @@ async def phase_ingest(env: BenchEnv, opts: Options, say: Say) -> dict[str, Any]
             "ratio": round(recv_rate / bare_rate, 3) if bare_rate else None,
             # the same comparison per CPU second of the server: steadier on a shared machine
             "ratio_per_cpu": round(bare_us / recv_us, 3) if bare_us and recv_us else None,
+            **({"before": {"rate_per_s": round(_rate(runs["before"]), 1),
+                           "server_cpu_us_per_request": cpu_us("before"), "runs": runs["before"],
+                           "receiver_cpu_vs_before": round(recv_us / cpu_us("before"), 3)
+                           if recv_us and cpu_us("before") else None}} if against is not None else {}),
             "ratio_per_round": per_round_ratio, "redis_check": check,
             "connections": opts.connections, "seconds_per_round": per_round}
 

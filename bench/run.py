@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import os
 import platform
+import shutil
 import signal
+import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from bench import wrk
-from bench.env import BenchEnv
+from bench.env import REPO, BenchEnv
 from bench.monitor import BENCH_PG
 from bench.phases import Options, phase_e2e, phase_ingest, phase_store
 
@@ -47,6 +52,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "autovacuum's analyze trigger, since the local PostgreSQL runs with autovacuum off; "
                         "see bench/README.md)")
     p.add_argument("--only", default="ingest,store,e2e", help="comma-separated phases to run")
+    p.add_argument("--against", metavar="REV", default=None,
+                   help="phase 1 also runs the receiver of git revision REV (a temporary worktree) in "
+                        "the same alternating rounds: before/after measured in the same minutes")
     p.add_argument("--profile", action="store_true",
                    help="instead of measuring: py-spy the receiver and the workers under load (bench/profile.py)")
     p.add_argument("--profile-seconds", type=float, default=20.0, help="py-spy seconds per process")
@@ -69,6 +77,28 @@ def options(args: argparse.Namespace) -> Options:
         concurrency=args.concurrency, claim_batch=int(os.environ.get("ORDERFLOW_CLAIM_BATCH", "200")),
         e2e_seconds=e2e_s, e2e_rate=args.rate, e2e_connections=args.e2e_connections,
         drain_cap_s=max(20.0, min(60.0, e2e_s)), analyze=not args.no_analyze)
+
+
+@contextlib.contextmanager
+def checkout_of(rev: str | None) -> Iterator[Path | None]:
+    """A detached worktree of `rev` for the run's length (None without a revision)."""
+    if not rev:
+        yield None
+        return
+    path = Path(tempfile.mkdtemp(prefix="orderflow-bench-against-"))
+    subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", "--force", str(path), rev],
+                   check=True, capture_output=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(path)],
+                       capture_output=True)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def git_commit(rev: str) -> str:
+    done = subprocess.run(["git", "-C", str(REPO), "rev-parse", rev], capture_output=True, text=True, check=True)
+    return done.stdout.strip()
 
 
 def say(text: str) -> None:
@@ -176,6 +206,11 @@ def print_report(result: dict[str, Any]) -> None:
             f"{b['server_cpu_us_per_request']} µs/request")
         say(f"   receiver     {r['rate_per_s']:>10,.0f}/s   p99 {r99:6.1f} ms   server CPU "
             f"{r['server_cpu_us_per_request']} µs/request")
+        if "before" in ingest:
+            bf = ingest["before"]
+            say(f"   receiver at {result['against']['rev']} ({result['against']['commit'][:7]}) "
+                f"{bf['rate_per_s']:>8,.0f}/s   server CPU {bf['server_cpu_us_per_request']} µs/request; "
+                f"this code's CPU per request {bf['receiver_cpu_vs_before']} x that")
         say(f"   receiver/bare {ingest['ratio']:.2f} (per round {ingest['ratio_per_round']}; per CPU second "
             f"{ingest['ratio_per_cpu']})   target >= 0.80  {_verdict(summary['receiver_vs_bare']['met'])}")
         c = ingest["redis_check"]
@@ -280,7 +315,10 @@ async def run(args: argparse.Namespace) -> int:
         else:
             if "ingest" in phases:
                 say("1. receiver vs bare aiohttp ...")
-                result["ingest"] = await phase_ingest(env, opts, say)
+                with checkout_of(args.against) as against:
+                    if args.against:
+                        result["against"] = {"rev": args.against, "commit": git_commit(args.against)}
+                    result["ingest"] = await phase_ingest(env, opts, say, against)
             if "store" in phases:
                 say("2. worker vs raw COPY ...")
                 result["store"] = await phase_store(env, opts, say)
