@@ -105,15 +105,18 @@ class IngestQueue:
         floor = await self.seq_floor() if self.seq_floor is not None else 0
         return int(await self._seed(keys=[self.keys.seq], args=[floor]))
 
-    async def claim(self, count: int, lease_s: float, aging_s: float = 0.0) -> list[tuple[int, bytes]]:
+    async def claim(self, count: int, lease_s: float, aging_s: float = 0.0, *,
+                    linger_s: float = 0.0, fill: int = 0) -> list[tuple[int, bytes]]:
         """Up to `count` (seq, envelope) pairs, highest priority first, leased for lease_s.
 
-        With aging_s > 0, payloads that waited longer than that are claimed first.
+        With aging_s > 0, payloads that waited longer than that are claimed first. With
+        linger_s > 0 and fewer than `fill` payloads ready, nothing is claimed until the next
+        in line has waited linger_s (a batch then has a chance to fill).
         """
         flat = await self._claim(
             keys=[self.keys.ready, self.keys.leased, self.keys.lease_scores, self.keys.payloads,
                   self.keys.paused, self.keys.arrivals],
-            args=[int(lease_s * 1000), count, int(aging_s * 1000)],
+            args=[int(lease_s * 1000), count, int(aging_s * 1000), int(linger_s * 1000), fill],
         )
         return [(int(flat[i]), bytes(flat[i + 1])) for i in range(0, len(flat), 2)]
 

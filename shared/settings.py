@@ -38,6 +38,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     lease_s: float = 30.0
     # How long the worker waits on an empty ready set before looking again.
     idle_poll_s: float = 0.05
+    # With fewer than claim_fill payloads ready, a worker leaves them until the next in line has
+    # waited claim_linger_s: at moderate load batches fill up, and a batch of 100 costs
+    # PostgreSQL and the worker far less per order than ten of 10. 0 switches it off.
+    claim_linger_s: float = 0.05
+    claim_fill: int = 100
     # Release scheduler: how often it looks for due orders, and how many it releases per transaction.
     release_poll_s: float = 0.25
     release_batch: int = 500
@@ -105,6 +110,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise SettingsError("ORDERFLOW_KEY_CACHE_TTL_S must be in (0, 5]: revocations must bite within 5 s")
         if self.claim_batch < 1 or self.lease_s <= 0:
             raise SettingsError("ORDERFLOW_CLAIM_BATCH and ORDERFLOW_LEASE_S must be positive")
+        if not 0 <= self.claim_linger_s < self.lease_s or self.claim_fill < 0:
+            raise SettingsError("ORDERFLOW_CLAIM_LINGER_S must be in [0, lease) and ORDERFLOW_CLAIM_FILL >= 0")
         if self.log_format not in {"auto", "json", "console"}:
             raise SettingsError("ORDERFLOW_LOG_FORMAT must be auto, json or console")
         from shared.rules.webhooks import settings_problem

@@ -39,10 +39,15 @@ class IngestConsumer:
         self.stored_total = 0
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
 
-    async def run_once(self) -> int:
-        """Claim one batch and store it; returns how many payloads it handled."""
+    async def run_once(self, linger: bool = False) -> int:
+        """Claim one batch and store it; returns how many payloads it handled.
+
+        `linger`: leave a short ready set until it fills or its head has waited claim_linger_s.
+        """
         batch = await self.queue.claim(self.settings.claim_batch, self.settings.lease_s,
-                                       self.settings.priority_aging_s)
+                                       self.settings.priority_aging_s,
+                                       linger_s=self.settings.claim_linger_s if linger else 0.0,
+                                       fill=self.settings.claim_fill)
         if not batch:
             return 0
         ok = [readable(env) for _, env in batch]
@@ -97,7 +102,7 @@ class IngestConsumer:
         structlog.contextvars.bind_contextvars(worker_id=self.worker_id)
         while not stop.is_set():
             try:
-                n = await self.run_once()
+                n = await self.run_once(linger=True)
                 backoff = 0.0
             except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
                     asyncpg.CannotConnectNowError, asyncpg.AdminShutdownError,

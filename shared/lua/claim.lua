@@ -2,7 +2,9 @@
 -- KEYS[1] ready zset, KEYS[2] leased zset (seq -> expiry ms), KEYS[3] lease scores hash,
 -- KEYS[4] payloads hash, KEYS[5] paused flag, KEYS[6] arrivals zset.
 -- ARGV[1] lease ms, ARGV[2] N, ARGV[3] aging ms (0: strict priority; else payloads that
--- waited longer are claimed first, oldest first, so low priorities cannot starve).
+-- waited longer are claimed first, oldest first, so low priorities cannot starve),
+-- ARGV[4] linger ms, ARGV[5] fill: with fewer than `fill` payloads ready, nothing is claimed
+-- until the next one in line has waited `linger` ms (bigger batches cost less per order).
 -- While paused, expired leases still go back but nothing is claimed.
 -- Returns {seq1, envelope1, seq2, envelope2, ...}.
 local t = redis.call('TIME')
@@ -18,6 +20,12 @@ for _, m in ipairs(expired) do
 end
 local n = tonumber(ARGV[2])
 if n <= 0 or redis.call('EXISTS', KEYS[5]) == 1 then return {} end
+local linger = tonumber(ARGV[4] or '0')
+if linger > 0 and redis.call('ZCARD', KEYS[1]) < math.min(n, tonumber(ARGV[5] or '0')) then
+  local head = redis.call('ZRANGE', KEYS[1], 0, 0)
+  local arrived = head[1] and redis.call('ZSCORE', KEYS[6], head[1])
+  if not arrived or now - tonumber(arrived) < linger then return {} end
+end
 local picked = {}
 local aging = tonumber(ARGV[3] or '0')
 if aging > 0 then

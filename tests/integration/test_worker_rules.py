@@ -327,3 +327,27 @@ async def test_unreadable_payload_is_set_aside_not_retried(consumer, tenant, poo
     assert (await receipt(pool, good))["state"] == "stored"
     assert await redis.hexists(consumer.queue.keys.dead, str(seq))
     assert await consumer.queue.depth() == {"ready": 0, "leased": 0}
+
+
+async def test_linger_leaves_a_short_queue_until_it_fills_or_its_head_has_waited(consumer, tenant, redis):
+    f = await feeder(consumer, tenant)
+    for i in range(3):
+        await f.put(order_body(f"LG{i}")["payload"])
+    queue = consumer.queue
+    # 3 ready, fill 5, the head arrived just now: nothing yet
+    assert await queue.claim(10, 30, linger_s=60, fill=5) == []
+    assert await queue.depth() == {"ready": 3, "leased": 0}
+    # the head (seq 1) has waited longer than the linger: the short batch goes
+    await redis.zadd(queue.keys.arrivals, {"1": 0})
+    assert [seq for seq, _ in await queue.claim(10, 30, linger_s=60, fill=5)] == [1, 2, 3]
+    await queue.hand_back([1, 2, 3])
+    await redis.zadd(queue.keys.arrivals, {"1": 10**15})  # the head is fresh again
+    for i in range(3, 5):
+        await f.put(order_body(f"LG{i}")["payload"])
+    # a full fill goes at once, whatever the head's wait
+    assert len(await queue.claim(10, 30, linger_s=60, fill=5)) == 5
+    await queue.hand_back([1, 2, 3, 4, 5])
+    # the consumer's drain never lingers (tests, one-shot use); its loop does
+    consumer.settings = msgspec.structs.replace(consumer.settings, claim_linger_s=60, claim_fill=100)
+    assert await consumer.run_once(linger=True) == 0
+    assert await consumer.drain() == 5
