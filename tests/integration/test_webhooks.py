@@ -22,7 +22,7 @@ import pytest
 from aiohttp import web
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from shared.rules.webhooks import DEFAULT_SCHEDULE
+from shared.rules.webhooks import DEFAULT_SCHEDULE, Filter, matches
 from shared.settings import Settings
 from shared.webhooks import (
     SubscriptionIn,
@@ -32,7 +32,8 @@ from shared.webhooks import (
     rotate_secret,
     set_enabled,
 )
-from tests.conftest import Server, Tenant, order_body, serve_app
+from tests.conftest import Server, Tenant, make_tenant, order_body, serve_app
+import worker.webhooks
 from worker.webhooks import WebhookSender
 
 T0 = dt.datetime(2026, 6, 1, 12, 0, tzinfo=dt.UTC)
@@ -286,6 +287,143 @@ async def test_filter_matrix_sends_each_event_to_the_matching_subscriptions(
     assert await pool.fetchval("SELECT count(*) FROM order_events WHERE dispatched_at IS NULL") == 0
     states = await pool.fetch("SELECT DISTINCT state FROM webhook_deliveries")
     assert [r["state"] for r in states] == ["delivered"]
+
+
+async def outbox(pool: asyncpg.Pool, entity_id: str, reference: str, data: str, *,
+                 source_id: str = "mage2", event_type: str = "order.created", priority: int = 0) -> None:
+    """An outbox row written straight into order_events: `data` is its JSON text, as stored."""
+    await pool.execute(
+        "INSERT INTO order_events (entity_id, reference, source_id, type, version, priority, data,"
+        " created_at) VALUES ($1, $2, $3, $4, 1, $5, $6::text::json, $7)",
+        entity_id, reference, source_id, event_type, priority, data, T0)
+
+
+async def expected_fan_out(pool: asyncpg.Pool) -> list[tuple[str, str, str]]:
+    """(subscription, reference, state) of every delivery, in order, the way fan-out always made them:
+    every pending event decoded whole and put through matches() with each subscription of its entity."""
+    events = await pool.fetch(
+        "SELECT event_id, entity_id, reference, source_id, type, data::text AS data FROM order_events"
+        " WHERE dispatched_at IS NULL ORDER BY priority DESC, event_id")
+    subs = await pool.fetch("SELECT * FROM webhook_subscriptions ORDER BY subscription_id")
+    out = []
+    for e in events:
+        doc = msgspec.json.decode(e["data"])
+        data = doc if isinstance(doc, dict) else {}
+        for s in subs:
+            flt = Filter(source_ids=tuple(s["source_ids"]) if s["source_ids"] is not None else None,
+                         event_types=tuple(s["event_types"]) if s["event_types"] is not None else None,
+                         cod_only=s["cod_only"], no_partial=s["no_partial"], order_type=s["order_type"])
+            if s["entity_id"] == e["entity_id"] and matches(flt, e["type"], e["source_id"], data):
+                state = "pending" if s["state"] == "active" else "failed"
+                out.append((s["subscription_id"], e["reference"], state))
+    return out
+
+
+async def test_typed_conditions_get_the_data_they_need_and_only_that(
+        pool, settings, tenant, sink, sender, monkeypatch) -> None:
+    """Fan-out reads events without their data; the events a typed condition looks at get theirs
+    (cut down to the fields it reads) in one more query, with the same deliveries as ever."""
+    specs = {
+        "all": {},
+        "cod": {"conditions": {"cod_only": True}},
+        "complete": {"conditions": {"no_partial": True}},
+        "pos": {"conditions": {"order_type": 1}},
+        "amazon-cod-shipped": {"source_ids": ["amazon"], "event_types": ["order.shipped"],
+                               "conditions": {"cod_only": True}},
+        "off-cod": {"conditions": {"cod_only": True}},  # disabled: its deliveries are made failed
+    }
+    subs = {key: await subscribe(pool, settings, tenant, sink, key, **spec) for key, spec in specs.items()}
+    async with pool.acquire() as conn:
+        await set_enabled(conn, subs["off-cod"].subscription_id, None, False, T0)
+    e = tenant.entity_id
+    await outbox(pool, e, "E1", '{"reference":"E1","type":0,"flag_partial":0,"cod_amount":"12.50"}')
+    await outbox(pool, e, "E2", '{"reference":"E2","type":1,"flag_partial":1,"cod_amount":"0.00"}')
+    await outbox(pool, e, "E3", '{"reference":"E3","type":1,"flag_partial":0,"cod_amount":5}',
+                 source_id="amazon", event_type="order.shipped", priority=5)
+    await outbox(pool, e, "E4", '{"reference":"E4","type":0,"flag_partial":0,"cod_amount":"3"}',
+                 event_type="order.shipped")
+    await outbox(pool, e, "E5", '{"reference":"E5","type":1,"cod_amount":"9"}')  # no flag_partial
+    await outbox(pool, e, "E6", '{"reference":"E6","type":1,"flag_partial":null,"cod_amount":"9"}')
+    await outbox(pool, e, "E7", '{"reference":"E7","flag_partial":1,"flag_partial":0,"type":1,"type":0,'
+                                '"cod_amount":"1"}')  # json keeps both; the last one counts
+    await outbox(pool, e, "E8", '{"reference":"E8","type":1.0,"flag_partial":0.0,"cod_amount":1e-3}')
+    await outbox(pool, e, "E9", '{"reference":"E9","cod_amount":{"x":1},"flag_partial":false,"type":"1",'
+                                '"items":[{"sku":"A","qty":1}],"billing":{"city":"Boston"}}')
+    await outbox(pool, e, "E10", '["E10"]')  # not an object
+    await outbox(pool, e, "E11", '{"reference":"E11","type":1,"flag_partial":0,"cod_amount":"5"}',
+                 event_type="order.rejected")
+    # an entity with only a narrow conditional subscription and a plain one
+    narrow = await make_tenant(pool, settings)
+    subs["narrow-plain"] = await subscribe(pool, settings, narrow, sink, "narrow-plain")
+    subs["narrow-cod"] = await subscribe(pool, settings, narrow, sink, "narrow-cod", source_ids=["amazon"],
+                                         event_types=["order.shipped"], conditions={"cod_only": True})
+    n = narrow.entity_id
+    await outbox(pool, n, "Q1", '{"reference":"Q1","type":0,"flag_partial":0,"cod_amount":"2"}',
+                 source_id="amazon", event_type="order.shipped")
+    await outbox(pool, n, "Q2", '{"reference":"Q2","type":0,"flag_partial":0,"cod_amount":"2"}',
+                 event_type="order.shipped")
+    await outbox(pool, n, "Q3", '{"reference":"Q3","type":0,"flag_partial":0,"cod_amount":"0"}',
+                 source_id="amazon")
+    # plain subscriptions only, and none at all
+    plain = await make_tenant(pool, settings)
+    subs["plain"] = await subscribe(pool, settings, plain, sink, "plain")
+    p = plain.entity_id
+    await outbox(pool, p, "P1", '{"reference":"P1","type":1,"flag_partial":0,"cod_amount":"5"}')
+    await outbox(pool, p, "P2", '{"receipt_id":"r","reason":"bad"}', event_type="order.rejected")
+    nobody = (await make_tenant(pool, settings)).entity_id
+    await outbox(pool, nobody, "N1", '{"reference":"N1","type":1,"flag_partial":0,"cod_amount":"5"}')
+
+    expected = await expected_fan_out(pool)
+    read: list[str] = []
+    real_match_data = worker.webhooks.match_data
+
+    def spy(text: str) -> dict[str, Any]:
+        doc = json.loads(text)
+        read.append(doc["reference"] if isinstance(doc, dict) else doc[0])
+        return real_match_data(text)
+
+    monkeypatch.setattr(worker.webhooks, "match_data", spy)
+    assert await sender.dispatch_once() == 17
+    assert await sender.dispatch_once() == 0
+
+    names = {out.subscription_id: key for key, out in subs.items()}
+    rows = await pool.fetch(
+        "SELECT subscription_id, reference, state FROM webhook_deliveries ORDER BY delivery_id")
+    assert [tuple(r) for r in rows] == expected
+    got: dict[str, list[str]] = {key: [] for key in subs}
+    for r in rows:
+        got[names[r["subscription_id"]]].append(r["reference"] + ("" if r["state"] == "pending" else "!"))
+    assert got == {
+        "all": ["E3", "E1", "E2", "E4", "E5", "E6", "E7", "E8", "E9", "E10", "E11"],
+        "cod": ["E3", "E1", "E4", "E6", "E7", "E8"],
+        "complete": ["E3", "E1", "E4", "E7", "E8", "E9"],  # false == 0, as ever
+        "pos": ["E3", "E2", "E6", "E8"],
+        "amazon-cod-shipped": ["E3"],
+        "off-cod": ["E3!", "E1!", "E4!", "E6!", "E7!", "E8!"],
+        "narrow-plain": ["Q1", "Q2", "Q3"],
+        "narrow-cod": ["Q1"],
+        "plain": ["P1", "P2"],
+    }
+    # data only for the events some condition looks at: not rejected ones, not other sources or
+    # event types, not entities with plain subscriptions or none
+    assert sorted(read) == sorted(["E1", "E2", "E3", "E4", "E5", "E6", "E7", "E8", "E9", "E10", "Q1"])
+    assert await pool.fetchval("SELECT count(*) FROM order_events WHERE dispatched_at IS NULL") == 0
+
+
+async def test_events_nobody_subscribes_to_are_only_marked_dispatched(pool, settings, tenant, sender,
+                                                                      monkeypatch) -> None:
+    for i in range(5):
+        await outbox(pool, tenant.entity_id, f"N{i}", '{"type":1,"flag_partial":0,"cod_amount":"5"}')
+
+    def unused(*args: Any) -> Any:
+        raise AssertionError("no subscription: nothing to match")
+
+    monkeypatch.setattr(worker.webhooks, "match_data", unused)
+    monkeypatch.setattr(worker.webhooks, "matches", unused)
+    assert await sender.dispatch_once() == 5
+    assert await sender.dispatch_once() == 0
+    assert await pool.fetchval("SELECT count(*) FROM order_events WHERE dispatched_at IS NULL") == 0
+    assert await pool.fetchval("SELECT count(*) FROM webhook_deliveries") == 0
 
 
 async def test_an_identical_repeat_sends_nothing(pool, settings, tenant, sink, sender, shop) -> None:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import random
+
+import msgspec
 
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
@@ -13,9 +16,11 @@ from shared.rules.webhooks import (
     DEFAULT_SCHEDULE,
     EVENT_TYPES,
     Filter,
+    match_data,
     matches,
     next_attempt_delay,
     parse_schedule,
+    reads_data,
     retry_after_seconds,
     settings_problem,
     should_auto_disable,
@@ -61,6 +66,53 @@ def test_filter_matrix(flt: Filter, event: str, source: str, data: dict[str, obj
 
 def test_every_event_type_passes_an_open_filter() -> None:
     assert all(matches(Filter(), t, "x", order()) for t in EVENT_TYPES)
+
+
+# JSON texts as order_events.data may hold them, odd ones included
+DOCUMENTS = [
+    '{"reference":"A","type":0,"flag_partial":0,"cod_amount":"12.50","items":[{"sku":"x","qty":1}]}',
+    '{"type":1,"flag_partial":1,"cod_amount":"0.00"}',
+    '{"type":1,"flag_partial":0,"cod_amount":5}',
+    '{"type":1,"cod_amount":"9"}',
+    '{"type":1,"flag_partial":null,"cod_amount":"9"}',
+    '{"flag_partial":0}',
+    '{"flag_partial":1,"flag_partial":0,"type":1,"type":0,"cod_amount":"0","cod_amount":"1"}',
+    '{"type":1.0,"flag_partial":0.0,"cod_amount":1e-3}',
+    '{"type":"1","flag_partial":false,"cod_amount":{"x":1}}',
+    '{"type":null,"flag_partial":"0","cod_amount":true}',
+    '{"type":1,"flag_partial":0,"cod_amount":"-1","nested":{"type":0,"flag_partial":1}}',
+    '{"type":1,"flag_partial":0,"cod_amount":"\\u0035"}',
+    '{"receipt_id":"r","reason":"bad"}',
+    '{}', '[1, 2]', 'null', '"text"', '5',
+]
+FILTERS = [Filter(), Filter(source_ids=("amazon",)), Filter(event_types=("order.shipped",)),
+           Filter(cod_only=True), Filter(no_partial=True), Filter(order_type=0), Filter(order_type=1),
+           Filter(cod_only=True, no_partial=True, order_type=1),
+           Filter(source_ids=("amazon",), event_types=("order.shipped",), cod_only=True)]
+
+
+@pytest.mark.parametrize("text", DOCUMENTS)
+def test_match_data_decides_as_the_whole_document(text: str) -> None:
+    whole = msgspec.json.decode(text)
+    data = whole if isinstance(whole, dict) else {}
+    assert match_data(text) == {k: data[k] for k in ("flag_partial", "cod_amount", "type") if k in data}
+    for flt, event, source in itertools.product(FILTERS, EVENT_TYPES, ("mage2", "amazon")):
+        assert matches(flt, event, source, match_data(text)) is matches(flt, event, source, data)
+
+
+def test_matches_looks_at_data_only_when_reads_data_says_so() -> None:
+    docs = [msgspec.json.decode(t) for t in DOCUMENTS]
+    for flt, event, source in itertools.product(FILTERS, EVENT_TYPES, ("mage2", "amazon")):
+        answers = {matches(flt, event, source, d if isinstance(d, dict) else {}) for d in docs}
+        if reads_data(flt, event, source):
+            assert answers == {True, False}
+        else:
+            assert answers == {matches(flt, event, source, {})}
+
+
+def test_match_data_still_refuses_malformed_json() -> None:
+    with pytest.raises(msgspec.DecodeError):
+        match_data('{"type":1,')
 
 
 def test_schedule_parses_and_refuses_nonsense() -> None:
