@@ -47,6 +47,7 @@ class BenchEnv:
         self.queue: IngestQueue | None = None
         self.db_created = False
         self.uvloop = False  # start every process through bench.launch on uvloop
+        self.code: Path | None = None  # another checkout whose orderflow runs (python -m bench --code)
 
     # --- environment -------------------------------------------------------------------
 
@@ -55,14 +56,14 @@ class BenchEnv:
         env = {k: v for k, v in os.environ.items() if not k.startswith("ORDERFLOW_")}
         env.update({"ORDERFLOW_DATABASE_URL": self.dsn, "ORDERFLOW_REDIS_URL": self.redis_url,
                     "ORDERFLOW_REDIS_PREFIX": self.prefix, "ORDERFLOW_LOG_FORMAT": "json",
-                    "ORDERFLOW_LOG_LEVEL": "INFO", "PYTHONPATH": str(REPO),
+                    "ORDERFLOW_LOG_LEVEL": "INFO", "PYTHONPATH": str(self.code or REPO),
                     # orderflow picks uvloop by itself; the bare app and orderflow must share a loop
                     "ORDERFLOW_UVLOOP": "1" if self.uvloop else "0", **extra})
         return env
 
     def cli(self, *args: str) -> dict[str, Any]:
-        out = subprocess.run([ORDERFLOW, *args, "--json"], env=self.child_env(), capture_output=True,
-                             text=True, timeout=120, check=False)
+        out = subprocess.run([*self.orderflow(*args), "--json"], env=self.child_env(), capture_output=True,
+                             text=True, timeout=120, check=False, cwd=self.code or REPO)
         if out.returncode != 0:
             raise RuntimeError(f"orderflow {' '.join(args)} failed: {out.stderr.strip()[-1500:]}")
         result: dict[str, Any] = json.loads(out.stdout)
@@ -154,12 +155,14 @@ class BenchEnv:
 
     def orderflow(self, *args: str) -> list[str]:
         """argv of an orderflow command (on uvloop with --uvloop)."""
+        if self.code is not None:  # that checkout's code: its directory comes first on sys.path
+            return [sys.executable, "-c", "from shared.cli import main; main()", *args]
         if self.uvloop:
             return [sys.executable, "-m", "bench.launch", "orderflow", *args]
         return [ORDERFLOW, *args]
 
     def start(self, name: str, argv: list[str], **extra_env: str) -> Proc:
-        proc = spawn(name, argv, self.child_env(**extra_env), self.log_dir, cwd=REPO)
+        proc = spawn(name, argv, self.child_env(**extra_env), self.log_dir, cwd=self.code or REPO)
         self.procs.append(proc)
         return proc
 

@@ -52,6 +52,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "autovacuum's analyze trigger, since the local PostgreSQL runs with autovacuum off; "
                         "see bench/README.md)")
     p.add_argument("--only", default="ingest,store,e2e", help="comma-separated phases to run")
+    p.add_argument("--code", metavar="REV", default=None,
+                   help="run orderflow (migrate, receivers, workers) as git revision REV has it, from a "
+                        "temporary worktree; the bench itself and its baselines stay this checkout's")
     p.add_argument("--against", metavar="REV", default=None,
                    help="phase 1 also runs the receiver of git revision REV (a temporary worktree) in "
                         "the same alternating rounds: before/after measured in the same minutes")
@@ -193,8 +196,12 @@ def print_report(result: dict[str, Any]) -> None:
         f"bench ANALYZE at autovacuum's trigger (checked every 5 s): "
         f"{'yes' if result['options']['analyze'] else 'no'}")
     g = result["git"]
-    say(f"code: {g['commit']}" + (f" + uncommitted changes in {len(g['dirty_paths_outside_bench'])} paths"
-                                 if g["dirty_paths_outside_bench"] else ""))
+    if "code" in result:
+        say(f"code: orderflow as of {result['code']['rev']} ({result['code']['commit'][:7]}); "
+            f"bench and baselines at {g['commit']}")
+    else:
+        say(f"code: {g['commit']}" + (f" + uncommitted changes in {len(g['dirty_paths_outside_bench'])} paths"
+                                     if g["dirty_paths_outside_bench"] else ""))
     if ingest:
         b, r = ingest["bare"], ingest["receiver"]
         b99 = max(x["latency_ms"]["p99"] for x in b["runs"])
@@ -303,7 +310,12 @@ async def run(args: argparse.Namespace) -> int:
     task = asyncio.current_task()
     if task is not None:  # SIGTERM (a CI timeout, say) cleans up like Ctrl-C does
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    checkouts = contextlib.ExitStack()
     try:
+        if args.code:
+            env.code = checkouts.enter_context(checkout_of(args.code))
+            result["code"] = {"rev": args.code, "commit": git_commit(args.code)}
+            say(f"bench: orderflow as of {args.code} ({result['code']['commit'][:7]}), from {env.code}")
         say(f"bench: database {env.db_name}, Redis prefix {{{env.prefix}}}, logs in {log_dir}")
         migrated = await env.setup()
         result["pg_autovacuum"] = await env.pg_setting("autovacuum")
@@ -332,6 +344,7 @@ async def run(args: argparse.Namespace) -> int:
         status = 1
     finally:
         notes = await env.cleanup(keep=args.keep)
+        checkouts.close()
         for note in notes:
             say("   " + note)
     result["elapsed_s"] = round(time.monotonic() - started, 1)
