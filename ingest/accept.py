@@ -159,7 +159,7 @@ def known_body(raw: bytes) -> tuple[KnownBody, PayloadIn, bytes] | None:
         if not body.payload or bytes(body.payload) == b"null":
             return None  # the long way answers "required" at $.payload
         typed = _known_payload.decode(body.payload)
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
         return None
     payload_json = bytes(body.payload)
     if b"\n" in payload_json:  # the envelope holds one JSON text per line

@@ -53,6 +53,13 @@ def decode_json(raw: bytes) -> Any | web.Response:
         match = _BYTE.search(str(exc))
         offset = int(match.group(1)) if match else None
         return problem(400, "$", f"not valid JSON: {exc}", data={"byte_offset": offset})
+    except UnicodeDecodeError:  # inside a string; msgspec's position is the string's, find the body's
+        try:
+            raw.decode()
+        except UnicodeDecodeError as exc:
+            return problem(400, "$", f"not valid JSON: not UTF-8 at byte {exc.start}",
+                           data={"byte_offset": exc.start})
+        return problem(400, "$", "not valid JSON: not UTF-8", data={"byte_offset": None})
 
 
 def _text_field(body: dict[str, Any] | None, name: str) -> str | None:

@@ -126,6 +126,8 @@ class IngestQueue:
             return
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.zrem(self.keys.leased, *seqs)
+            # back in ready if the lease ran out before this commit: gone for good now
+            pipe.zrem(self.keys.ready, *seqs)
             pipe.hdel(self.keys.lease_scores, *[str(s) for s in seqs])
             pipe.hdel(self.keys.payloads, *[str(s) for s in seqs])
             pipe.zrem(self.keys.arrivals, *seqs)
@@ -144,6 +146,7 @@ class IngestQueue:
             pipe.hset(self.keys.dead, mapping={str(seq): env for seq, env in items})
             seqs = [seq for seq, _ in items]
             pipe.zrem(self.keys.leased, *seqs)
+            pipe.zrem(self.keys.ready, *seqs)
             pipe.hdel(self.keys.lease_scores, *[str(s) for s in seqs])
             pipe.hdel(self.keys.payloads, *[str(s) for s in seqs])
             pipe.zrem(self.keys.arrivals, *seqs)

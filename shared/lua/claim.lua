@@ -24,7 +24,8 @@ local linger = tonumber(ARGV[4] or '0')
 if linger > 0 and redis.call('ZCARD', KEYS[1]) < math.min(n, tonumber(ARGV[5] or '0')) then
   local head = redis.call('ZRANGE', KEYS[1], 0, 0)
   local arrived = head[1] and redis.call('ZSCORE', KEYS[6], head[1])
-  if not arrived or now - tonumber(arrived) < linger then return {} end
+  -- no arrival: a stale entry (acked after its lease ran out) or lost data; claim, never stall
+  if arrived and now - tonumber(arrived) < linger then return {} end
 end
 local picked = {}
 local aging = tonumber(ARGV[3] or '0')

@@ -51,6 +51,14 @@ async def test_not_json_is_400(http, server, tenant: Tenant, redis, settings):
     assert await queued(redis, settings) == 0
 
 
+async def test_a_body_that_is_not_utf8_is_400_with_its_byte_offset(http, server, tenant: Tenant, redis, settings):
+    raw = json.dumps(order_body()).encode().replace(b'_city": "', b'_city": "\xff', 1)
+    status, answer, _ = await post(http, server, None, await tenant.headers(), raw=raw)
+    assert status == 400, answer
+    assert answer["data"]["byte_offset"] == raw.index(b"\xff")
+    assert await queued(redis, settings) == 0
+
+
 async def test_unknown_entity_and_wrong_key_get_the_same_401(http, server, tenant: Tenant, redis, settings):
     _, access_key = await tenant.key()
     body = order_body()

@@ -351,3 +351,19 @@ async def test_linger_leaves_a_short_queue_until_it_fills_or_its_head_has_waited
     consumer.settings = msgspec.structs.replace(consumer.settings, claim_linger_s=60, claim_fill=100)
     assert await consumer.run_once(linger=True) == 0
     assert await consumer.drain() == 5
+
+
+async def test_linger_never_stalls_on_an_entry_acked_after_its_lease_ran_out(consumer, tenant, redis):
+    f = await feeder(consumer, tenant)
+    await f.put(order_body("ST1")["payload"])
+    queue = consumer.queue
+    assert [seq for seq, _ in await queue.claim(10, 0.001)] == [1]  # a slow batch: its lease runs out
+    await asyncio.sleep(0.01)
+    await queue.sweep()  # seq 1 is back in ready ...
+    await queue.ack([1])  # ... and then its worker commits and acks it
+    assert await queue.depth() == {"ready": 0, "leased": 0}
+    # even an entry left without an arrival (lost data) does not hold the queue back
+    await redis.zadd(queue.keys.ready, {"1": 0})
+    await f.put(order_body("ST2")["payload"])
+    await redis.zadd(queue.keys.arrivals, {"2": 0})
+    assert [seq for seq, _ in await queue.claim(10, 30, linger_s=60, fill=100)] == [2]

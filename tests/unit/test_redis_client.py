@@ -137,3 +137,15 @@ def test_hiredis_packing_refuses_what_redis_py_refuses() -> None:
 
     with pytest.raises(DataError):
         PackedConnection().pack_command("SET", "k", {"a": 1})
+
+
+@pytest.mark.parametrize(("url", "expected"), [
+    ("redis://127.0.0.1:6379/0", "PackedConnection"),
+    ("rediss://127.0.0.1:6379/0", "SSLConnection"),
+    ("unix:///tmp/redis.sock", "UnixDomainSocketConnection"),
+])
+def test_each_url_scheme_keeps_its_own_connection_class(url: str, expected: str) -> None:
+    from shared.redis_client import connect_redis
+
+    client = connect_redis(Settings(redis_url=url))
+    assert client.connection_pool.connection_class.__name__ == expected  # TLS is never lost to packing
