@@ -199,10 +199,15 @@ WITH up AS (
     ON CONFLICT (receipt_id) DO NOTHING
     RETURNING receipt_id
 ), events AS (
+    -- An entity without webhook subscriptions has nobody to fan out to: its events are written
+    -- dispatched (no entry in the undispatched index, no later UPDATE of a 2 kB row). A
+    -- subscription receives the events written after it exists.
     INSERT INTO order_events (entity_id, order_id, reference, source_id, type, version, priority,
-                              data, created_at)
+                              data, created_at, dispatched_at)
     SELECT e.entity_id, coalesce(e.order_id, (SELECT order_ids FROM ids)[e.w]), e.reference,
-           e.source_id, e.type, e.version, e.priority, e.data::json, $10::timestamptz
+           e.source_id, e.type, e.version, e.priority, e.data::json, $10::timestamptz,
+           CASE WHEN EXISTS (SELECT 1 FROM webhook_subscriptions s WHERE s.entity_id = e.entity_id)
+                THEN NULL ELSE $10::timestamptz END
     FROM unnest($8::batch_event[], string_to_array($9::text, E'\x1e'))
       AS e (entity_id, reference, source_id, type, version, priority, order_id, w, receipt_id, data)
     WHERE e.receipt_id IS NULL OR e.receipt_id IN (SELECT receipt_id FROM r)

@@ -426,6 +426,21 @@ async def test_events_nobody_subscribes_to_are_only_marked_dispatched(pool, sett
     assert await pool.fetchval("SELECT count(*) FROM webhook_deliveries") == 0
 
 
+async def test_a_stored_order_of_an_entity_without_subscriptions_is_dispatched_as_written(
+        pool, settings, tenant, sink, sender, shop) -> None:
+    await shop.order("NS1")
+    rows = await pool.fetch("SELECT type, created_at, dispatched_at FROM order_events")
+    assert [r["type"] for r in rows] == ["order.created"]
+    assert rows[0]["dispatched_at"] == rows[0]["created_at"]  # nobody to tell: never fanned out
+    assert await sender.dispatch_once() == 0
+    # a subscription receives what is written after it exists, from then on
+    await subscribe(pool, settings, tenant, sink, "all")
+    await shop.order("NS2")
+    assert await pool.fetchval("SELECT count(*) FROM order_events WHERE dispatched_at IS NULL") == 1
+    await sender.drain()
+    assert [(r.body["type"], r.body["data"]["reference"]) for r in sink.got] == [("order.created", "NS2")]
+
+
 async def test_an_identical_repeat_sends_nothing(pool, settings, tenant, sink, sender, shop) -> None:
     await subscribe(pool, settings, tenant, sink, "all")
     await shop.order("R1")
