@@ -72,20 +72,8 @@ def _text(value: Any) -> str:
 
 def _int(c: _Collector, loc: str, value: Any, default: int | None) -> int | None:
     """An integer sent as a number or a string; '' or absent gives the default."""
-    kind = type(value)
-    if kind is int:  # not bool, whose type is bool
+    if type(value) is int:  # the common case first (a bool's type is bool)
         return value
-    if kind is str:  # the branches below, for a str
-        text = value.strip()
-        if not text:
-            if default is None:
-                c.error(loc, "required")
-            return default
-        try:
-            return int(text)
-        except ValueError:
-            c.error(loc, f"expected an integer, got {value!r}")
-            return None
     if value is None or (isinstance(value, str) and value.strip() == ""):
         if default is None:
             c.error(loc, "required")
@@ -244,86 +232,8 @@ def _address_checked(c: _Collector, p: PayloadIn, kind: str, *, required: bool) 
     return Address(**values)
 
 
-def _plain_int(value: Any, default: int | None) -> int | None:
-    """The integer _int gives for an int or a numeric str without reporting, else None."""
-    kind = type(value)
-    if kind is int:
-        return value
-    if kind is str:
-        text = value.strip()
-        if not text:
-            return default
-        try:
-            return int(text)
-        except ValueError:
-            return None
-    if value is None:
-        return default
-    return None
-
-
-def _plain_decimal(value: Any) -> Decimal | None | object:
-    """What _decimal gives (not required) for None, a str or an int, silently; else _CHECK."""
-    if value is None:
-        return None
-    kind = type(value)
-    if kind is str:
-        text = value.strip()
-        if not text:
-            return None
-    elif kind is int:
-        text = str(value)
-    else:
-        return _CHECK
-    try:
-        number = Decimal(text)
-    except InvalidOperation:
-        return _CHECK
-    if not number.is_finite() or number < 0:
-        return _CHECK
-    return number
-
-
-def _line_fast(item: ItemIn) -> Line | None:
-    """What _line_checked returns when it reports nothing, else None; never reports."""
-    sku = item.sku
-    sku = sku.strip() if type(sku) is str else _text(sku)
-    if not sku:
-        return None
-    qty = _plain_int(item.qty, None)
-    if qty is None or not 0 < qty <= INT32_MAX:
-        return None
-    allocation = _plain_int(item.allocation_type, 1)
-    if allocation != 1 and allocation != 2:
-        return None
-    cost = _plain_decimal(item.cost)
-    if cost is _CHECK or (cost is not None and allocation == 1):
-        return None
-    unit_price = _plain_decimal(item.unit_price)
-    if unit_price is _CHECK:
-        return None
-    weight = _plain_decimal(item.weight)
-    if weight is _CHECK:
-        return None
-    description = item.description
-    reference = item.reference
-    return Line(
-        sku=sku,
-        qty=qty,
-        description=description.strip() if type(description) is str else _text(description),
-        weight=weight,  # type: ignore[arg-type]
-        reference=reference.strip() if type(reference) is str else _text(reference),
-        unit_price=unit_price,  # type: ignore[arg-type]
-        is_kit=_flag(item.is_kit),
-        allocation_type=allocation,  # type: ignore[arg-type]
-        cost=cost,  # type: ignore[arg-type]
-        custom_options=item.custom_options,
-        packing=item.packing,
-    )
-
-
-def _line_checked(c: _Collector, loc: str, item: ItemIn) -> Line | None:
-    """One line, reporting every bad field (the reference for _line_fast)."""
+def _line(c: _Collector, loc: str, item: ItemIn) -> Line | None:
+    """One line, reporting every bad field."""
     before = len(c.errors)
     sku = _text(item.sku)
     if not sku:
@@ -358,28 +268,15 @@ def _line_checked(c: _Collector, loc: str, item: ItemIn) -> Line | None:
 
 
 def _lines(c: _Collector, items: list[ItemIn | list[ItemIn]]) -> list[Line]:
-    """The lines of both shapes the vendor shows: a list of lines, or a list of lists of lines.
-
-    A line goes through _line_fast, and only when that declines through _line_checked with
-    its location ($.payload.items[i] or $.payload.items[i][j]), built only then.
-    """
+    """The lines of both shapes the vendor shows: a list of lines, or a list of lists of lines."""
     lines: list[Line] = []
     count = 0
     for i, entry in enumerate(items):
-        if isinstance(entry, list):
-            count += len(entry)
-            for j, item in enumerate(entry):
-                line = _line_fast(item)
-                if line is None:
-                    line = _line_checked(c, f"$.payload.items[{i}][{j}]", item)
-                if line is not None:
-                    lines.append(line)
-        else:
-            count += 1
-            line = _line_fast(entry)
-            if line is None:
-                line = _line_checked(c, f"$.payload.items[{i}]", entry)
-            if line is not None:
+        group = entry if isinstance(entry, list) else [entry]
+        count += len(group)
+        for j, item in enumerate(group):
+            loc = f"$.payload.items[{i}][{j}]" if isinstance(entry, list) else f"$.payload.items[{i}]"
+            if (line := _line(c, loc, item)) is not None:
                 lines.append(line)
     if not count:  # only lists, all empty: no line reported anything
         c.error("$.payload.items", "at least one line is required")
