@@ -56,13 +56,13 @@ class BenchEnv:
         env = {k: v for k, v in os.environ.items() if not k.startswith("ORDERFLOW_")}
         env.update({"ORDERFLOW_DATABASE_URL": self.dsn, "ORDERFLOW_REDIS_URL": self.redis_url,
                     "ORDERFLOW_REDIS_PREFIX": self.prefix, "ORDERFLOW_LOG_FORMAT": "json",
-                    "ORDERFLOW_LOG_LEVEL": "INFO", "PYTHONPATH": str(self.code or REPO),
+                    "ORDERFLOW_LOG_LEVEL": "INFO", "PYTHONPATH": str(REPO),
                     # orderflow picks uvloop by itself; the bare app and orderflow must share a loop
                     "ORDERFLOW_UVLOOP": "1" if self.uvloop else "0", **extra})
         return env
 
     def cli(self, *args: str) -> dict[str, Any]:
-        out = subprocess.run([*self.orderflow(*args), "--json"], env=self.child_env(), capture_output=True,
+        out = subprocess.run([*self.orderflow(*args), "--json"], env=self._env(self.code), capture_output=True,
                              text=True, timeout=120, check=False, cwd=self.code or REPO)
         if out.returncode != 0:
             raise RuntimeError(f"orderflow {' '.join(args)} failed: {out.stderr.strip()[-1500:]}")
@@ -153,16 +153,20 @@ class BenchEnv:
 
     # --- processes ---------------------------------------------------------------------
 
-    def orderflow(self, *args: str) -> list[str]:
-        """argv of an orderflow command (on uvloop with --uvloop)."""
-        if self.code is not None:  # that checkout's code: its directory comes first on sys.path
+    def orderflow(self, *args: str, code: Path | None = None) -> list[str]:
+        """argv of an orderflow command: this checkout's, or `code`'s (default: --code's)."""
+        if (code or self.code) is not None:  # that checkout's directory comes first on sys.path
             return [sys.executable, "-c", "from shared.cli import main; main()", *args]
         if self.uvloop:
             return [sys.executable, "-m", "bench.launch", "orderflow", *args]
         return [ORDERFLOW, *args]
 
-    def start(self, name: str, argv: list[str], **extra_env: str) -> Proc:
-        proc = spawn(name, argv, self.child_env(**extra_env), self.log_dir, cwd=self.code or REPO)
+    def _env(self, code: Path | None, **extra: str) -> dict[str, str]:
+        return self.child_env(**({"PYTHONPATH": str(code)} if code else {}), **extra)
+
+    def start(self, name: str, argv: list[str], code: Path | None = None, **extra_env: str) -> Proc:
+        """A child process; with `code`, it runs from that checkout (the bench's baselines never do)."""
+        proc = spawn(name, argv, self._env(code, **extra_env), self.log_dir, cwd=code or REPO)
         self.procs.append(proc)
         return proc
 
@@ -172,20 +176,11 @@ class BenchEnv:
             self.procs.remove(proc)
         return code
 
-    async def start_receiver(self, name: str = "receiver") -> tuple[Proc, str]:
+    async def start_receiver(self, name: str = "receiver", code: Path | None = None) -> tuple[Proc, str]:
+        """`orderflow serve`, from `code` (another checkout, same venv and settings) if given, else --code's."""
         port = free_port()
-        proc = self.start(name, self.orderflow("serve", "--port", str(port)))
-        url = f"http://127.0.0.1:{port}"
-        await wait_http(url + "/healthz", proc)
-        return proc, url
-
-    async def start_receiver_from(self, checkout: Path, name: str) -> tuple[Proc, str]:
-        """`orderflow serve` as another checkout of the repo has it (same venv, same settings)."""
-        port = free_port()
-        env = self.child_env(PYTHONPATH=str(checkout))
-        argv = [sys.executable, "-c", "from shared.cli import main; main()", "serve", "--port", str(port)]
-        proc = spawn(name, argv, env, self.log_dir, cwd=checkout)  # cwd first on sys.path: that code
-        self.procs.append(proc)
+        code = code or self.code
+        proc = self.start(name, self.orderflow("serve", "--port", str(port), code=code), code=code)
         url = f"http://127.0.0.1:{port}"
         await wait_http(url + "/healthz", proc)
         return proc, url
@@ -200,7 +195,8 @@ class BenchEnv:
 
     async def start_workers(self, count: int, concurrency: int, tag: str) -> list[Proc]:
         """`orderflow worker` processes; returns once every consumer wrote its heartbeat."""
-        procs = [self.start(f"{tag}-worker{i}", self.orderflow("worker", "--concurrency", str(concurrency)))
+        procs = [self.start(f"{tag}-worker{i}", self.orderflow("worker", "--concurrency", str(concurrency)),
+                            code=self.code)
                  for i in range(count)]
         deadline = time.monotonic() + 60
         while await self.heartbeats() < count * concurrency:

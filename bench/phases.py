@@ -68,7 +68,7 @@ async def phase_ingest(env: BenchEnv, opts: Options, say: Say, against: Path | N
     receiver, recv_url = await env.start_receiver("ingest-receiver")
     servers: list[tuple[str, str, Proc]] = [("bare", bare_url, bare), ("receiver", recv_url, receiver)]
     if against is not None:
-        before, before_url = await env.start_receiver_from(against, "ingest-receiver-before")
+        before, before_url = await env.start_receiver("ingest-receiver-before", code=against)
         servers.append(("before", before_url, before))
     for name, url, _ in servers[1:]:
         status, text = await post_one(url + ENQUEUE, body_for(f"probe-{name}", env.access_key, env.entity_id))
