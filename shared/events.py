@@ -7,10 +7,9 @@ import datetime as dt
 from typing import Any
 
 import asyncpg
-import msgspec
 
 from shared.db import QUERIES
-from shared.schemas import Order, json_encoder
+from shared.schemas import json_encoder
 
 # the state an order enters -> the event that says so
 TRANSITION_EVENTS = {"released": "order.released", "held": "order.held", "cancelled": "order.cancelled",
@@ -39,12 +38,6 @@ def order_event_data(document: dict[str, Any], *, state: str, status: int, prior
             "version": version}
 
 
-_ORDER_FIELDS = frozenset(f.encode_name for f in msgspec.structs.fields(Order))
-# order_event_json is exact while the keys it overrides are Order fields and those it adds are not
-SPLICE_EXACT = (frozenset({"status", "priority", "source_id"}) <= _ORDER_FIELDS
-                and not _ORDER_FIELDS & {"state", "release_at", "released_at", "version"})
-
-
 def order_event_json(order_json: bytes, *, state: str, release_at: dt.datetime | None,
                      released_at: dt.datetime | None, version: int) -> str:
     """`order_event_data` as JSON text, built from the order's JSON without decoding it.
@@ -52,7 +45,8 @@ def order_event_json(order_json: bytes, *, state: str, release_at: dt.datetime |
     `order_json` must be `json_encoder.encode(order)` of the Order whose status, priority and
     source_id the event carries (the worker's case). Then `{**document, ...}` keeps those three
     keys in place with the same values and appends state, release_at, released_at and version:
-    the same text as encoding order_event_data's dict (only while SPLICE_EXACT holds).
+    the same text as encoding order_event_data's dict, as long as Order has those three fields
+    and none of the four (tests/unit/test_event_json.py checks both).
     """
     tail = json_encoder.encode({"state": state, "release_at": release_at,
                                 "released_at": released_at, "version": version})

@@ -20,7 +20,6 @@ import msgspec
 
 from shared.db import QUERIES
 from shared.events import (
-    SPLICE_EXACT,
     TRANSITION_EVENTS,
     Event,
     event_json,
@@ -313,12 +312,9 @@ async def _plan_and_write(
         stored = _receipt(item, now, "stored", 200, None, key)
         stored.released = nxt.state == "released" and (cur is None or cur.state != "released")
         receipts.append(stored)
-        data: dict[str, Any] | str
-        if SPLICE_EXACT:  # the same JSON text as event_data's dict, without decoding the order
-            data = order_event_json(item.order_json, state=nxt.state, release_at=nxt.release_at,
-                                    released_at=nxt.released_at, version=version)
-        else:
-            data = event_data(nxt, order.priority, order.status)
+        # the same JSON text as event_data's dict, without decoding the order
+        data = order_event_json(item.order_json, state=nxt.state, release_at=nxt.release_at,
+                                released_at=nxt.released_at, version=version)
         events.append(Event(key, order.source_id, "order.created" if cur is None else "order.updated",
                             version, order.priority, data))
         if nxt.state != (cur.state if cur else None) and nxt.state in TRANSITION_EVENTS:

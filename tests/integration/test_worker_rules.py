@@ -357,8 +357,8 @@ async def test_linger_never_stalls_on_an_entry_acked_after_its_lease_ran_out(con
     f = await feeder(consumer, tenant)
     await f.put(order_body("ST1")["payload"])
     queue = consumer.queue
-    assert [seq for seq, _ in await queue.claim(10, 0.001)] == [1]  # a slow batch: its lease runs out
-    await asyncio.sleep(0.01)
+    assert [seq for seq, _ in await queue.claim(10, 30)] == [1]
+    await redis.zadd(queue.keys.leased, {"1": 0})  # a slow batch: its lease ran out
     await queue.sweep()  # seq 1 is back in ready ...
     await queue.ack([1])  # ... and then its worker commits and acks it
     assert await queue.depth() == {"ready": 0, "leased": 0}
