@@ -162,10 +162,7 @@ def _address_fast(p: PayloadIn, kind: str, required: bool) -> Address | None | o
         phone,
         email,
         method,
-    ) = [
-        (value.strip() if type(value) is str else "" if value is None else _text(value))
-        for value in _ADDRESS_GETTERS[kind](p)
-    ]
+    ) = [_text(value) for value in _ADDRESS_GETTERS[kind](p)]
     if not required and not street_full and not (
         firstname or lastname or street or housenumber or postcode or city or country
     ):
